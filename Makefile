@@ -1,0 +1,57 @@
+# minidock — everything a developer or CI runs, as root on Debian 12 / Ubuntu 22.04+.
+#
+#   make install   apt packages, a virtualenv with minidock, /usr/local/bin/minidock, sample images
+#   make demo      run the sample web server in a container and fetch its page
+#   make test      the whole test suite: host (cgroup v1 or v2, whatever this host has),
+#                  then the cgroup v2 stage inside a qemu VM
+#   make bench     start-up latency and monitor memory, against unshare and runc
+
+PYTHON ?= python3
+VENV   := $(CURDIR)/.venv
+PY     := $(VENV)/bin/python
+SAMPLES := $(CURDIR)/rootfs-samples/out
+APT_PACKAGES := busybox-static iptables runc hyperfine curl qemu-system-x86 linux-image-amd64
+
+.PHONY: install deps venv images demo demo-clean test test-host test-v2 lint bench
+
+install: deps venv images
+
+deps:
+	apt-get update -q
+	INITRD=No DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q \
+		--no-install-recommends $(APT_PACKAGES) $(if $(shell $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null && echo ok),,python3-venv)
+
+venv:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	ln -sf $(VENV)/bin/minidock /usr/local/bin/minidock
+
+images:
+	rootfs-samples/busybox/build.sh $(SAMPLES)/busybox
+	rootfs-samples/web/build.sh $(SAMPLES)/web
+	$(VENV)/bin/minidock import --change 'CMD ["sh"]' $(SAMPLES)/busybox busybox:latest
+	$(VENV)/bin/minidock import --change 'CMD ["httpd", "-f", "-v", "-p", "8080", "-h", "/var/www"]' \
+		$(SAMPLES)/web web:latest
+
+demo:
+	-$(VENV)/bin/minidock rm -f demo-web >/dev/null 2>&1
+	$(VENV)/bin/minidock run -d --name demo-web --network host -m 64m --cpus 0.5 web:latest
+	sleep 0.5
+	curl -fsS http://127.0.0.1:8080/
+	$(VENV)/bin/minidock logs demo-web
+	$(VENV)/bin/minidock rm -f demo-web
+
+test: test-host test-v2
+
+test-host:
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
+
+# The cgroup v2 stage: the same cgroup and limit tests, on a pure-v2 kernel in qemu.
+test-v2:
+	tests/vm/run-in-vm.sh $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration/test_cgroups.py tests/integration/test_limits.py
+
+lint:
+	$(VENV)/bin/ruff check minidock cgroups tests bench
+
+bench:
+	$(PY) bench/startup.py

@@ -1,0 +1,146 @@
+"""One container's record on disk and its root filesystem mount.
+
+Shared by the engine (the CLI's verbs) and the monitor, so it stays small and imports
+nothing heavy. ``container.json`` holds what the user asked for, shaped like the
+``Config``/``HostConfig`` of ``docker inspect``; ``state.json`` holds what happened
+(status, pids, exit code, times) and is only ever changed under ``state.lock``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+from minidock import runtime, store, syscalls
+from minidock.errors import ContainerNotFound, KernelError
+from minidock.logs import format_timestamp
+from minidock.state import Status
+
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never" for StartedAt/FinishedAt
+
+
+def now() -> str:
+    return format_timestamp(time.time_ns())
+
+
+def initial_state() -> dict[str, Any]:
+    return {"Status": Status.CREATED.value, "Pid": 0, "PidStart": 0, "MonitorPid": 0,
+            "ExitCode": 0, "OOMKilled": False, "Error": "", "StartedAt": ZERO_TIME,
+            "FinishedAt": ZERO_TIME, "RestartCount": 0}
+
+
+class Container:
+    """Handle on ``ROOT/containers/<id>``. Cheap to make; reads files on demand."""
+
+    def __init__(self, paths: store.Paths, cid: str) -> None:
+        self.paths = paths
+        self.id = cid
+        self.dir = paths.container(cid)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    @property
+    def bundle(self) -> str:
+        return self.path("bundle")
+
+    @property
+    def rootfs(self) -> str:
+        return self.path("bundle", "rootfs")
+
+    @property
+    def log_path(self) -> str:
+        return self.path("container.log")
+
+    @property
+    def runtime_root(self) -> str:
+        return self.paths.runtime
+
+    def exists(self) -> bool:
+        return os.path.isfile(self.path("container.json"))
+
+    def record(self) -> dict[str, Any]:
+        return store.read_json(self.path("container.json"))
+
+    @property
+    def name(self) -> str:
+        return self.record()["Name"].lstrip("/")
+
+    def state(self) -> dict[str, Any]:
+        return store.read_json(self.path("state.json"))
+
+    def status(self) -> Status:
+        return Status(self.state()["Status"])
+
+    def update_state(self, **changes: Any) -> dict[str, Any]:
+        """Read-modify-write ``state.json`` under its lock; returns the new state."""
+        with store.locked(self.path("state.lock")):
+            data = self.state()
+            data.update(changes)
+            store.write_json(self.path("state.json"), data)
+            return data
+
+    def operation_lock(self) -> Any:
+        """Serialises commands that change this container (start, stop, rm, …)."""
+        return store.locked(self.path("lock"))
+
+    # --- liveness -------------------------------------------------------------------------
+    def init_alive(self, state: dict[str, Any] | None = None) -> bool:
+        st = state or self.state()
+        return bool(st["Pid"]) and runtime.is_alive(st["Pid"], st["PidStart"])
+
+    def monitor_alive(self, state: dict[str, Any] | None = None) -> bool:
+        st = state or self.state()
+        pid = st.get("MonitorPid") or 0
+        return bool(pid) and runtime.is_alive(pid, st.get("MonitorPidStart", 0))
+
+    def repair(self) -> None:
+        """Fix the record after a monitor died without writing the exit (``kill -9``): if
+        the state says running but the monitor is gone, learn the truth from the kernel."""
+        st = self.state()
+        if st["Status"] not in (Status.RUNNING, Status.PAUSED) or self.monitor_alive(st):
+            return
+        if self.init_alive(st):
+            return  # still running, just unsupervised: stop/kill still work on it
+        self.cleanup_after_exit()
+        self.update_state(Status=Status.EXITED.value, Pid=0, MonitorPid=0, ExitCode=255,
+                          Error="monitor died; exit status unknown", FinishedAt=now())
+
+    # --- root filesystem ------------------------------------------------------------------
+    def mount_rootfs(self, lowerdirs: list[str]) -> None:
+        """Mount the container's root: an overlayfs whose read-only lower layers are the
+        image and whose upper layer (``upper/``) receives every write the container makes.
+        ``work/`` is scratch space overlayfs needs on the same filesystem as ``upper/``."""
+        if os.path.ismount(self.rootfs):
+            return
+        for d in ("upper", "work"):
+            os.makedirs(self.path(d), mode=0o755, exist_ok=True)
+        os.makedirs(self.rootfs, mode=0o755, exist_ok=True)
+        options = (f"lowerdir={':'.join(lowerdirs)},upperdir={self.path('upper')},"
+                   f"workdir={self.path('work')}")
+        syscalls.mount("overlay", self.rootfs, "overlay", 0, options,
+                       reason="the container's root: image layers + a private writable layer")
+
+    def unmount_rootfs(self) -> None:
+        if os.path.ismount(self.rootfs):
+            try:
+                syscalls.umount2(self.rootfs, 0, reason="the container stopped")
+            except KernelError:
+                syscalls.umount2(self.rootfs, syscalls.MNT_DETACH, reason="still busy: detach")
+
+    def cleanup_after_exit(self) -> None:
+        """What must not outlive the container's processes: its runtime record (and with
+        it the cgroup) and the overlay mount."""
+        try:
+            runtime.delete(self.runtime_root, self.id, force=True)
+        except ContainerNotFound:
+            pass
+        self.unmount_rootfs()
+
+    def remove_files(self) -> None:
+        """Delete the container directory (the caller made sure nothing is mounted)."""
+        trash = os.path.join(self.paths.containers, f".removing-{self.id}")
+        os.rename(self.dir, trash)
+        shutil.rmtree(trash)

@@ -1,0 +1,482 @@
+"""The engine: Docker's verbs as a library (``run``, ``stop``, ``logs``, …).
+
+It owns images and container records, and turns a ``run`` into an OCI bundle — an overlay
+root filesystem plus ``config.json`` (``spec.py``) — which the runtime executes under a
+monitor. The CLI (``cli.py``) is a thin layer over this class; anything the CLI can do, a
+Python program can do with ``Engine(root).run(RunOptions(image="busybox", …))``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cgroups
+from minidock import caps, logs, parse, runtime, spec, store, users
+from minidock.container import Container, initial_state, now
+from minidock.errors import (
+    Conflict,
+    ContainerNotFound,
+    InvalidArgument,
+    MinidockError,
+)
+from minidock.images import Image, ImageStore
+from minidock.monitor import Attach, Monitor, remove_if_auto
+from minidock.parse import VolumeSpec
+from minidock.state import Operation, Status, require
+
+_NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+DEFAULT_STOP_TIMEOUT = 10
+#: Network modes this engine offers so far; bridge networking is its own piece of work.
+NETWORK_MODES = ("none", "host")
+
+
+@dataclass
+class RunOptions:
+    """Everything ``minidock run``/``create`` accepts, already parsed and validated."""
+
+    image: str
+    command: list[str] = field(default_factory=list)
+    name: str | None = None
+    entrypoint: str | None = None
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    tty: bool = False
+    interactive: bool = False
+    volumes: list[VolumeSpec] = field(default_factory=list)
+    memory: int | None = None
+    memory_swap: int | None = None
+    nano_cpus: int | None = None
+    cpu_shares: int | None = None
+    pids_limit: int | None = None
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    privileged: bool = False
+    network: str = "none"
+    init: bool = False
+    auto_remove: bool = False
+    log_max_size: int = logs.DEFAULT_MAX_SIZE
+    log_max_files: int = logs.DEFAULT_MAX_FILES
+    ulimits: list[tuple[str, int, int]] = field(default_factory=list)
+    read_only: bool = False
+    stop_signal: str | None = None
+    stop_timeout: int | None = None
+
+
+def _package_parent() -> str:
+    """The directory holding the ``minidock`` and ``cgroups`` packages (for the monitor)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Engine:
+    def __init__(self, root: str | None = None, cgroup_parent: str | None = None) -> None:
+        self.paths = store.Paths(store.state_root(root))
+        self.paths.ensure()
+        self.images = ImageStore(self.paths)
+        self.cgroup_parent = (cgroup_parent or os.environ.get("MINIDOCK_CGROUP_PARENT")
+                              or "minidock").strip("/")
+
+    # --- finding containers -------------------------------------------------------------------
+    def _ids(self) -> list[str]:
+        return [d for d in os.listdir(self.paths.containers) if len(d) == 64]
+
+    def containers(self) -> list[Container]:
+        """Every container, newest first."""
+        found = []
+        for cid in self._ids():
+            c = Container(self.paths, cid)
+            try:
+                created = c.record()["Created"]
+            except (FileNotFoundError, ValueError):
+                continue  # being created or removed right now
+            found.append((created, c))
+        return [c for _, c in sorted(found, key=lambda x: x[0], reverse=True)]
+
+    def find(self, ref: str) -> Container:
+        """A container by full ID, name, or unique ID prefix (as Docker resolves them)."""
+        ref = ref.lstrip("/")
+        if not ref:
+            raise ContainerNotFound("No such container: (empty name)")
+        ids = self._ids()
+        if ref in ids and Container(self.paths, ref).exists():
+            return self._repaired(Container(self.paths, ref))
+        for c in self.containers():
+            if c.name == ref:
+                return self._repaired(c)
+        matches = [cid for cid in ids if cid.startswith(ref)]
+        if len(matches) > 1:
+            raise Conflict(f"multiple containers found with provided prefix: {ref}")
+        if not matches or not Container(self.paths, matches[0]).exists():
+            raise ContainerNotFound(f"No such container: {ref}")
+        return self._repaired(Container(self.paths, matches[0]))
+
+    @staticmethod
+    def _repaired(c: Container) -> Container:
+        c.repair()
+        return c
+
+    # --- create -------------------------------------------------------------------------------
+    def create(self, opts: RunOptions) -> Container:
+        """Record a new container (Docker's ``create``): no process, no mount yet."""
+        image = self.images.get(opts.image)
+        if opts.network not in NETWORK_MODES and not opts.network.startswith("container:"):
+            raise InvalidArgument(f'network {opts.network} not found (available: '
+                                  f'{", ".join(NETWORK_MODES)}, container:NAME)')
+        if opts.network.startswith("container:"):
+            self.find(opts.network.removeprefix("container:"))
+        cid = secrets.token_hex(32)
+        hostname = opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12])
+        config = {
+            "Hostname": hostname, "User": opts.user or image.config.get("User", ""),
+            "Env": opts.env, "Cmd": opts.command or None,
+            "Entrypoint": [opts.entrypoint] if opts.entrypoint is not None else None,
+            "WorkingDir": opts.workdir or "", "Tty": opts.tty, "OpenStdin": opts.interactive,
+            "AttachStdin": opts.interactive, "Image": opts.image,
+            "StopSignal": opts.stop_signal or image.config.get("StopSignal", "SIGTERM"),
+            "StopTimeout": opts.stop_timeout,
+        }
+        if opts.entrypoint == "":
+            config["Entrypoint"] = []
+        host_config = {
+            "Binds": [f"{v.source}:{v.destination}{':ro' if v.read_only else ''}"
+                      for v in opts.volumes],
+            "NetworkMode": opts.network, "AutoRemove": opts.auto_remove,
+            "Privileged": opts.privileged, "CapAdd": opts.cap_add, "CapDrop": opts.cap_drop,
+            "Memory": opts.memory or 0, "MemorySwap": opts.memory_swap or 0,
+            "NanoCpus": opts.nano_cpus or 0, "CpuShares": opts.cpu_shares or 0,
+            "PidsLimit": opts.pids_limit, "Init": opts.init, "ReadonlyRootfs": opts.read_only,
+            "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in opts.ulimits],
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": str(opts.log_max_size),
+                                                          "max-file": str(opts.log_max_files)}},
+        }
+        argv = spec.command_line(config, image.config)
+        if not argv:
+            raise InvalidArgument("no command specified")
+        with store.locked(self.paths.lock):
+            name = self._allocate_name(opts.name)
+            c = Container(self.paths, cid)
+            os.makedirs(c.dir, mode=0o711)
+            store.write_json(c.path("state.json"), initial_state())
+            store.write_json(c.path("container.json"), {
+                "Id": cid, "Name": f"/{name}", "Created": now(), "Image": image.id,
+                "Path": argv[0], "Args": argv[1:], "Config": config, "HostConfig": host_config,
+            })
+        return c
+
+    def _allocate_name(self, wanted: str | None) -> str:
+        taken = {c.name for c in self.containers()}
+        if wanted is None:
+            while (name := parse.generate_name()) in taken:
+                pass
+            return name
+        if not _NAME_RE.match(wanted):
+            raise InvalidArgument(f'invalid container name "{wanted}": only [a-zA-Z0-9]'
+                                  f'[a-zA-Z0-9_.-] are allowed')
+        name = wanted.lstrip("/")
+        if name in taken:
+            raise Conflict(f'the container name "/{name}" is already in use')
+        return name
+
+    # --- start --------------------------------------------------------------------------------
+    def _prepare(self, c: Container) -> None:
+        """Mount the root filesystem and write the bundle's ``config.json``."""
+        record = c.record()
+        image = self._image_of(record)
+        c.mount_rootfs([image.rootfs])
+        etc = self._write_etc_files(c, record)
+        network_path = None
+        mode = record["HostConfig"]["NetworkMode"]
+        if mode.startswith("container:"):
+            other = self.find(mode.removeprefix("container:"))
+            st = other.state()
+            if not other.init_alive(st):
+                raise Conflict(f"cannot join network of a non running container: {other.name}")
+            network_path = f"/proc/{st['Pid']}/ns/net"
+        hard = {name: resource.getrlimit(getattr(resource, name))[1]
+                for name in dir(resource) if name.startswith("RLIMIT_")}
+        config = spec.build(
+            record, image.config, rootfs="rootfs", cgroup_path=f"{self.cgroup_parent}/{c.id}",
+            identity=users.resolve(c.rootfs, record["Config"]["User"]), etc_files=etc,
+            network_path=network_path, host_caps=caps.bounding_set(),
+            host_hard_limits={k: (-1 if v == resource.RLIM_INFINITY else v)
+                              for k, v in hard.items()})
+        store.write_json(os.path.join(c.bundle, "config.json"), config)
+
+    def _image_of(self, record: dict) -> Image:
+        return self.images.get(record["Image"])
+
+    @staticmethod
+    def _write_etc_files(c: Container, record: dict) -> dict[str, str]:
+        """/etc/hostname, /etc/hosts and /etc/resolv.conf are files the engine owns and binds
+        into the container (as Docker does), so the image's copies are left untouched."""
+        hostname = record["Config"]["Hostname"]
+        host_network = record["HostConfig"]["NetworkMode"] == "host"
+        if host_network:
+            with open("/etc/hosts") as f:
+                hosts = f.read()
+        else:
+            hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                     f"127.0.1.1\t{hostname}\n")
+        try:
+            with open("/etc/resolv.conf") as f:
+                resolv = "".join(line for line in f if not (
+                    line.startswith("nameserver") and not host_network
+                    and line.split()[1:2] and line.split()[1].startswith(("127.", "::1"))))
+        except OSError:
+            resolv = ""
+        files = {"/etc/hostname": f"{hostname}\n", "/etc/hosts": hosts,
+                 "/etc/resolv.conf": resolv}
+        result = {}
+        for dest, content in files.items():
+            path = c.path(os.path.basename(dest))
+            with open(path, "w") as f:
+                f.write(content)
+            result[dest] = path
+        return result
+
+    def start(self, ref: str | Container, attach: Attach | None = None) -> int | None:
+        """Start a created or exited container. Detached (``attach`` is None): spawn its
+        monitor and return once the program runs. Attached: be the monitor, return the
+        exit code when the container exits."""
+        c = ref if isinstance(ref, Container) else self.find(ref)
+        with c.operation_lock():
+            require(c.status(), Operation.START, c.name)
+            try:
+                runtime.delete(c.runtime_root, c.id, force=True)  # left from a previous run
+            except ContainerNotFound:
+                pass
+            try:
+                self._prepare(c)
+            except BaseException:
+                c.unmount_rootfs()
+                raise
+            if attach is None:
+                self._spawn_monitor(c)
+                return None
+        return self._run_attached(c, attach)
+
+    def _spawn_monitor(self, c: Container) -> None:
+        """Start ``python -m minidock.monitor`` in its own session and wait for its word.
+        ``-S`` skips site-packages: the monitor needs only the standard library and us."""
+        read_end, write_end = os.pipe()
+        env = {**os.environ, "PYTHONPATH": _package_parent()}
+        with open(c.path("monitor.log"), "ab") as errors:
+            subprocess.Popen(
+                [sys.executable, "-S", "-m", "minidock.monitor", self.paths.root, c.id,
+                 str(write_end)],
+                pass_fds=[write_end], start_new_session=True, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=errors, cwd="/", env=env)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            line = f.readline()
+        message = json.loads(line) if line else {
+            "error": f"monitor exited without starting the container (see {c.path('monitor.log')})",
+            "exit_code": 125}
+        if "error" in message:
+            self._raise(message)
+
+    @staticmethod
+    def _raise(message: dict) -> None:
+        error = MinidockError(message["error"])
+        error.exit_code = message.get("exit_code", 125)
+        raise error
+
+    def _run_attached(self, c: Container, attach: Attach) -> int:
+        failure: dict = {}
+
+        def ready(message: dict) -> None:
+            failure.update(message if "error" in message else {})
+
+        code = Monitor(c, attach).run(ready)
+        if failure:
+            self._raise(failure)
+        remove_if_auto(c)
+        return code
+
+    # --- run ----------------------------------------------------------------------------------
+    def run(self, opts: RunOptions, attach: Attach | None = None) -> tuple[Container, int | None]:
+        """create + start. A ``run`` that fails to start leaves nothing behind."""
+        c = self.create(opts)
+        try:
+            code = self.start(c, attach)
+        except BaseException:
+            if c.exists():
+                self.remove(c, force=True)
+            raise
+        return c, code
+
+    # --- stop, kill, restart, wait ------------------------------------------------------------
+    def kill(self, ref: str, sig: int = signal.SIGKILL) -> Container:
+        c = self.find(ref)
+        require(c.status(), Operation.KILL, c.name)
+        runtime.kill(c.runtime_root, c.id, sig)
+        return c
+
+    def stop(self, ref: str | Container, timeout: int | None = None) -> Container:
+        """Ask PID 1 to stop (its StopSignal, SIGTERM by default), wait ``timeout`` seconds,
+        then SIGKILL — which, unlike SIGTERM, PID 1 cannot ignore."""
+        c = ref if isinstance(ref, Container) else self.find(ref)
+        with c.operation_lock():
+            status = c.status()
+            require(status, Operation.STOP, c.name)
+            if status not in (Status.RUNNING, Status.PAUSED):
+                return c
+            record = c.record()
+            if timeout is None:
+                timeout = record["Config"].get("StopTimeout")
+            if timeout is None:
+                timeout = DEFAULT_STOP_TIMEOUT
+            sig = parse.parse_signal(record["Config"].get("StopSignal") or "SIGTERM")
+            st = c.state()
+            try:
+                runtime.kill(c.runtime_root, c.id, sig)
+            except MinidockError:
+                pass  # already gone
+            if not self._wait_exit(c, st, timeout):
+                try:
+                    runtime.kill(c.runtime_root, c.id, signal.SIGKILL)
+                except MinidockError:
+                    pass
+            self._wait_recorded(c)
+        return c
+
+    @staticmethod
+    def _wait_exit(c: Container, st: dict, timeout: float | None) -> bool:
+        """Wait until PID 1 has exited (a pidfd turns readable), at most ``timeout`` s."""
+        if not c.init_alive(st):
+            return True
+        try:
+            pidfd = os.pidfd_open(st["Pid"])
+        except ProcessLookupError:
+            return True
+        try:
+            readable, _, _ = select.select([pidfd], [], [], timeout)
+            return bool(readable) or not c.init_alive(st)
+        finally:
+            os.close(pidfd)
+
+    @staticmethod
+    def _wait_recorded(c: Container, timeout: float = 10) -> dict:
+        """Wait for the monitor to record the exit (or repair the record if the monitor
+        died). Returns the last state seen — the exited one, unless ``--rm`` removed the
+        container before we looked."""
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while True:
+            try:
+                last = c.state()
+            except FileNotFoundError:
+                return last
+            if last["Status"] not in (Status.RUNNING, Status.PAUSED):
+                return last
+            if time.monotonic() > deadline:
+                raise MinidockError(f"container {c.id[:12]} did not record its exit")
+            c.repair()
+            time.sleep(0.005)
+
+    def restart(self, ref: str, timeout: int | None = None) -> Container:
+        c = self.stop(ref, timeout)
+        self.start(c)
+        return c
+
+    def wait(self, ref: str) -> int:
+        """Block until the container stops running; return its exit code. A container that
+        is only ``created`` is waited for too: it may be started by another command."""
+        c = self.find(ref)
+        while True:
+            st = c.state()
+            if st["Status"] == Status.EXITED:
+                return st["ExitCode"]
+            if st["Status"] in (Status.RUNNING, Status.PAUSED):
+                self._wait_exit(c, st, None)
+                last = self._wait_recorded(c)
+                if last.get("Status") == Status.EXITED or not c.exists():
+                    return last.get("ExitCode", 0)
+            else:
+                time.sleep(0.05)
+
+    # --- remove -------------------------------------------------------------------------------
+    def remove(self, ref: str | Container, force: bool = False) -> Container:
+        c = ref if isinstance(ref, Container) else self.find(ref)
+        status = c.status()
+        if status in (Status.RUNNING, Status.PAUSED):
+            if not force:
+                require(status, Operation.REMOVE, c.name)
+            st = c.state()
+            try:
+                runtime.kill(c.runtime_root, c.id, signal.SIGKILL, all_processes=True)
+            except MinidockError:
+                pass
+            self._wait_exit(c, st, 10)
+            with c.operation_lock():
+                self._wait_recorded(c)
+        with c.operation_lock():
+            if not c.exists():
+                return c
+            c.cleanup_after_exit()
+            c.remove_files()
+        return c
+
+    # --- looking at containers ----------------------------------------------------------------
+    def inspect(self, ref: str) -> dict:
+        """``docker inspect``-shaped JSON for a container."""
+        c = self.find(ref)
+        record, st = c.record(), c.state()
+        status = st["Status"]
+        return {
+            "Id": c.id, "Created": record["Created"], "Path": record["Path"],
+            "Args": record["Args"],
+            "State": {"Status": status, "Running": status in ("running", "paused"),
+                      "Paused": status == "paused", "Restarting": False,
+                      "OOMKilled": st["OOMKilled"], "Dead": False, "Pid": st["Pid"],
+                      "ExitCode": st["ExitCode"], "Error": st["Error"],
+                      "StartedAt": st["StartedAt"], "FinishedAt": st["FinishedAt"]},
+            "Image": f"sha256:{record['Image']}", "Name": record["Name"],
+            "ResolvConfPath": c.path("resolv.conf"), "HostnamePath": c.path("hostname"),
+            "HostsPath": c.path("hosts"), "LogPath": c.log_path,
+            "RestartCount": st.get("RestartCount", 0), "Driver": "overlay", "Platform": "linux",
+            "HostConfig": record["HostConfig"], "Config": record["Config"],
+            "GraphDriver": {"Name": "overlay", "Data": {
+                "LowerDir": self._image_of(record).rootfs, "UpperDir": c.path("upper"),
+                "WorkDir": c.path("work"), "MergedDir": c.rootfs}},
+            "Mounts": [{"Type": "bind", "Source": b.split(":")[0], "Destination": b.split(":")[1],
+                        "RW": not b.endswith(":ro")} for b in record["HostConfig"]["Binds"]],
+            "NetworkSettings": {"Networks": {record["HostConfig"]["NetworkMode"]: {}}},
+        }
+
+    def logs(self, ref: str, *, tail: int | None = None, since_ns: int | None = None,
+             until_ns: int | None = None, follow: bool = False) -> Iterator[logs.LogRecord]:
+        c = self.find(ref)
+
+        def finished() -> bool:
+            return not c.exists() or c.status() not in (Status.RUNNING, Status.PAUSED)
+
+        return logs.read_logs(c.log_path, tail=tail, since_ns=since_ns, until_ns=until_ns,
+                              follow=follow, stop_following=finished)
+
+    def _cgroup(self, c: Container) -> cgroups.Cgroup:
+        if c.status() not in (Status.RUNNING, Status.PAUSED):
+            raise Conflict(f"container {c.name} is not running")
+        return cgroups.open_cgroup(f"{self.cgroup_parent}/{c.id}")
+
+    def stats(self, ref: str) -> tuple[Container, cgroups.Stats]:
+        c = self.find(ref)
+        return c, self._cgroup(c).stats()
+
+    def top(self, ref: str) -> list[int]:
+        """Host PIDs of every process in the container (its cgroup's ``cgroup.procs``)."""
+        c = self.find(ref)
+        return sorted(self._cgroup(c).pids())

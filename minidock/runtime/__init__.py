@@ -1,0 +1,340 @@
+"""The OCI runtime: runs any bundle (``config.json`` + rootfs) through create → start → kill → delete.
+
+This is the part runc and crun play under Docker and Podman (runtime-spec ``runtime.md``):
+
+* ``create`` builds the container — cgroup, namespaces, root filesystem — around a process
+  that stops just short of running the user's program (state ``created``);
+* ``start`` lets that process exec the program (state ``running``);
+* ``kill`` signals it; when it exits the state is ``stopped``;
+* ``delete`` removes what ``create`` made (the cgroup and the runtime's record).
+
+The engine drives it in-process from the container's monitor (so the monitor is the
+container's parent and can reap it), and ``minidock runtime …`` exposes the same calls
+with runc's command-line interface.
+
+The runtime's own record lives in ``<runtime root>/<id>/``: ``state.json`` and the exec
+FIFO on which a created container waits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+import cgroups
+from minidock import store, syscalls
+from minidock.errors import (
+    CommandNotFound,
+    CommandNotInvocable,
+    Conflict,
+    ContainerNotFound,
+    InvalidArgument,
+    MinidockError,
+)
+from minidock.runtime.init import container_init, receive, send
+from minidock.state import Operation, Status, oci_status, require
+
+OCI_VERSION = "1.0.2"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class OciState:
+    """The state the OCI spec defines (``runtime.md`` "State"), plus what we need to find
+    the container's processes again safely."""
+
+    id: str
+    status: Status
+    pid: int
+    bundle: str
+    created: str
+    cgroup: str = ""
+    pid_start: int = 0  # the init's start time, to tell it from a later process reusing its pid
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def to_oci(self) -> dict:
+        """The JSON ``minidock runtime state`` prints, shaped exactly like runc's."""
+        data: dict = {"ociVersion": OCI_VERSION, "id": self.id, "status": oci_status(self.status),
+                      "bundle": self.bundle, "created": self.created,
+                      "annotations": self.annotations}
+        if self.status in (Status.CREATED, Status.RUNNING):
+            data["pid"] = self.pid
+        return data
+
+
+def process_start_time(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+    Together with the pid it identifies one process for good (pids get reused)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    return int(data[data.rindex(b")") + 2:].split()[19])
+
+
+def is_alive(pid: int, start_time: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``start_time`` and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0] != b"Z" and int(fields[19]) == start_time
+
+
+def _state_dir(root: str, cid: str) -> str:
+    return os.path.join(root, cid)
+
+
+def state(root: str, cid: str) -> OciState:
+    """The container's current OCI state, read from its record and the live kernel."""
+    path = os.path.join(_state_dir(root, cid), "state.json")
+    try:
+        data = store.read_json(path)
+    except FileNotFoundError:
+        raise ContainerNotFound(f"container {cid} does not exist") from None
+    st = OciState(**{**data, "status": Status(data["status"])})
+    if not is_alive(st.pid, st.pid_start):
+        st.status = Status.EXITED
+    elif os.path.exists(os.path.join(_state_dir(root, cid), "exec.fifo")):
+        st.status = Status.CREATED
+    else:
+        st.status = Status.RUNNING
+    return st
+
+
+def limits_from_spec(resources: dict) -> cgroups.Limits:
+    """Translate the spec's ``linux.resources`` into the cgroups library's limits."""
+    memory = resources.get("memory", {})
+    cpu = resources.get("cpu", {})
+    rules = [f"{d.get('type', 'a')} {_dev_num(d.get('major'))}:{_dev_num(d.get('minor'))} "
+             f"{d.get('access', 'rwm')}" for d in resources.get("devices", []) if d.get("allow")]
+    return cgroups.Limits(memory=memory.get("limit"), memory_swap=memory.get("swap"),
+                          cpu_quota=cpu.get("quota"), cpu_period=cpu.get("period"),
+                          cpu_shares=cpu.get("shares"),
+                          pids=resources.get("pids", {}).get("limit"), device_rules=rules)
+
+
+def _dev_num(n: int | None) -> str:
+    return "*" if n is None or n < 0 else str(n)
+
+
+def _fork_into_pid_namespace(spec: dict) -> int:
+    """fork(2) so that the child is PID 1 of the container's PID namespace.
+
+    unshare(CLONE_NEWPID) does not move the caller: it only decides where the caller's
+    *next* child is born. So: unshare (or setns to a given namespace), fork, then setns
+    back to our own namespace so later children are ordinary again. The container's
+    first process is thus our direct child, and we (the monitor) can reap it.
+    """
+    pid_ns = next((ns for ns in spec["linux"].get("namespaces", []) if ns["type"] == "pid"), None)
+    if pid_ns is None:
+        return os.fork()
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if pid_ns.get("path"):
+            target = os.open(pid_ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                syscalls.setns(target, syscalls.CLONE_NEWPID, reason="join the PID namespace")
+            finally:
+                os.close(target)
+        else:
+            syscalls.unshare(syscalls.CLONE_NEWPID,
+                             reason="the next child is PID 1 of a new PID namespace")
+        pid = os.fork()
+        if pid != 0:
+            syscalls.setns(own, syscalls.CLONE_NEWPID,
+                           reason="later children go back to the host's PID namespace")
+        return pid
+    finally:
+        os.close(own)
+
+
+def create(root: str, cid: str, bundle: str, *, stdio: tuple[int, int, int] | None = None,
+           console: socket.socket | None = None, pid_file: str | None = None) -> OciState:
+    """Create the container ``cid`` from ``bundle`` and leave it waiting in ``created``.
+
+    ``stdio`` are the descriptors the container's program gets as 0, 1, 2 (default: ours).
+    With ``process.terminal`` the program gets a pty instead and its master side is sent
+    over ``console``. On failure everything made so far is undone and the error raised.
+    """
+    if not _ID_RE.match(cid):
+        raise InvalidArgument(f"invalid container id {cid!r}")
+    bundle = os.path.abspath(bundle)
+    try:
+        spec = store.read_json(os.path.join(bundle, "config.json"))
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"cannot read {bundle}/config.json: {exc}") from None
+    spec["root"]["path"] = os.path.join(bundle, spec["root"]["path"])
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    state_dir = _state_dir(root, cid)
+    try:
+        os.mkdir(state_dir, 0o700)
+    except FileExistsError:
+        raise Conflict(f"container with id {cid} already exists") from None
+    cgroup: cgroups.Cgroup | None = None
+    pid = 0
+    try:
+        fifo = os.path.join(state_dir, "exec.fifo")
+        os.mkfifo(fifo, 0o622)
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+        linux = spec.setdefault("linux", {})
+        cgroup_name = linux.get("cgroupsPath", "").strip("/")
+        if cgroup_name:
+            cgroup = cgroups.create(cgroup_name, limits_from_spec(linux.get("resources", {})))
+        ns_fds = {ns["type"]: os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+                  for ns in linux.get("namespaces", []) if ns.get("path") and ns["type"] != "pid"}
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = _fork_into_pid_namespace(spec)
+        if pid == 0:
+            parent_sock.close()
+            if stdio is not None:
+                for target, fd in enumerate(stdio):
+                    os.dup2(fd, target)
+            container_init(spec, child_sock, fifo_fd, console,
+                           cgroup.paths() if cgroup else {}, ns_fds)
+        child_sock.close()
+        os.close(fifo_fd)
+        for fd in ns_fds.values():
+            os.close(fd)
+        with parent_sock:
+            if cgroup is not None:
+                cgroup.add_process(pid)
+            send(parent_sock, {"type": "go"})
+            reply = receive(parent_sock)
+        if reply.get("type") != "ready":
+            raise _error_from(reply)
+        st = OciState(id=cid, status=Status.CREATED, pid=pid, bundle=bundle,
+                      created=_now_rfc3339(), cgroup=cgroup_name,
+                      pid_start=process_start_time(pid),
+                      annotations=spec.get("annotations", {}))
+        store.write_json(os.path.join(state_dir, "state.json"), {
+            "id": st.id, "status": st.status.value, "pid": st.pid, "bundle": st.bundle,
+            "created": st.created, "cgroup": st.cgroup, "pid_start": st.pid_start,
+            "annotations": st.annotations})
+        if pid_file:
+            with open(pid_file, "w") as f:
+                f.write(str(pid))
+        return st
+    except BaseException:
+        if pid > 0:
+            _kill_and_reap(pid)
+        if cgroup is not None:
+            cgroup.kill_all()
+            cgroup.remove()
+        _remove_tree(state_dir)
+        raise
+
+
+def _error_from(reply: dict) -> MinidockError:
+    message = reply.get("message", "container init exited during setup")
+    code = reply.get("exit_code", 125)
+    if code == 127:
+        return CommandNotFound(message)
+    if code == 126:
+        return CommandNotInvocable(message)
+    return MinidockError(message)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _remove_tree(path: str) -> None:
+    for name in os.listdir(path) if os.path.isdir(path) else []:
+        os.unlink(os.path.join(path, name))
+    if os.path.isdir(path):
+        os.rmdir(path)
+
+
+def _now_rfc3339() -> str:
+    from minidock.logs import format_timestamp
+
+    return format_timestamp(time.time_ns())
+
+
+def start(root: str, cid: str, timeout: float = 10.0) -> None:
+    """Let a created container run its program: open the exec FIFO the init is blocked on.
+
+    Opening the read end wakes the init's blocked open of the write end; it writes one
+    byte and execs. We wait for that byte, so ``start`` returns once exec is imminent.
+    """
+    st = state(root, cid)
+    require(st.status, Operation.START, cid)
+    if st.status is not Status.CREATED:
+        raise Conflict(f"container {cid} cannot be started again: delete and create it")
+    fifo = os.path.join(_state_dir(root, cid), "exec.fifo")
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready and os.read(fd, 1):
+                break
+            if not is_alive(st.pid, st.pid_start):
+                raise MinidockError(f"container {cid} exited before it could start")
+            if time.monotonic() > deadline:
+                raise MinidockError(f"container {cid} did not start within {timeout:.0f}s")
+    finally:
+        os.close(fd)
+    os.unlink(fifo)
+
+
+def kill(root: str, cid: str, sig: int, all_processes: bool = False) -> None:
+    """Send ``sig`` to the container's PID 1 (or, with ``all_processes``, every process in
+    its cgroup). PID 1 of a namespace ignores signals it has no handler for, except
+    SIGKILL and SIGSTOP sent from outside — which is why ``stop`` ends with SIGKILL."""
+    st = state(root, cid)
+    if st.status not in (Status.CREATED, Status.RUNNING):
+        raise Conflict(f"container {cid} is not running")
+    if all_processes and st.cgroup:
+        cgroups.open_cgroup(st.cgroup).kill_all(sig)
+    else:
+        syscalls.kill(st.pid, sig, reason="signal the container's PID 1")
+
+
+def delete(root: str, cid: str, force: bool = False) -> None:
+    """Remove what ``create`` made. A running container needs ``force`` (it is killed)."""
+    st = state(root, cid)
+    if st.status is Status.RUNNING and not force:
+        require(st.status, Operation.REMOVE, cid)
+    if st.status is not Status.EXITED:
+        if st.cgroup:
+            cgroups.open_cgroup(st.cgroup).kill_all(signal.SIGKILL)
+        else:
+            syscalls.kill(st.pid, signal.SIGKILL, reason="force delete")
+        deadline = time.monotonic() + 5
+        while is_alive(st.pid, st.pid_start) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    # Whoever renames the record away owns the rest of the deletion; a concurrent delete
+    # of the same container finds nothing left to do.
+    tombstone = os.path.join(root, f".deleting-{cid}-{os.getpid()}")
+    try:
+        os.rename(_state_dir(root, cid), tombstone)
+    except FileNotFoundError:
+        return
+    if st.cgroup:
+        try:
+            group = cgroups.open_cgroup(st.cgroup)
+        except cgroups.CgroupError:
+            group = None
+        if group is not None:
+            group.kill_all(signal.SIGKILL)
+            group.remove()
+    _remove_tree(tombstone)
+
+
+def list_ids(root: str) -> list[str]:
+    """IDs of the containers this runtime root holds."""
+    return sorted(d for d in os.listdir(root) if not d.startswith(".")) if os.path.isdir(root) else []

@@ -1,0 +1,222 @@
+"""The container's first process, from fork to exec (runc's ``init`` / crun's ``container.c``).
+
+``runtime.create`` forks this process into a fresh PID namespace, where it is PID 1. It
+then, in order:
+
+1. waits for the parent to put it into its cgroup (so even its setup is accounted for);
+2. joins or creates the other namespaces (mount, UTS, IPC, network, cgroup);
+3. makes itself non-dumpable — it is the *host's* python, and until it execs, a process in
+   the container must not be able to reach it through ``/proc/1/exe`` (CVE-2019-5736);
+4. builds the root filesystem and pivots into it (``rootfs.py``);
+5. sets hostname, rlimits, capabilities, uid/gid and no_new_privs;
+6. tells the parent it is ready (OCI state ``created``) and blocks on the exec FIFO;
+7. when ``start`` opens the FIFO, marks every inherited descriptor close-on-exec and execs
+   the user's program, which replaces this Python process entirely.
+
+Any failure before step 6 is sent to the parent as a message, so ``create`` can report it
+(command not found → exit 127) and clean up; this process then exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import resource
+import signal
+import socket
+import termios
+
+from minidock import caps, syscalls
+from minidock.errors import CommandNotFound, CommandNotInvocable, InvalidArgument, MinidockError
+from minidock.runtime import rootfs
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def send(sock: socket.socket, message: dict) -> None:
+    sock.send(json.dumps(message).encode())
+
+
+def receive(sock: socket.socket) -> dict:
+    data = sock.recv(65536)
+    if not data:
+        return {"type": "eof"}
+    return json.loads(data)
+
+
+def container_init(spec: dict, sync: socket.socket, fifo_fd: int,
+                   console: socket.socket | None, cgroup_paths: dict[str, str],
+                   ns_fds: dict[str, int]) -> None:
+    """Body of the forked child. Never returns: execs the program, or exits on error."""
+    try:
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL,
+                       reason="die with the runtime if it dies during setup")
+        if receive(sync).get("type") != "go":
+            os._exit(1)
+        _enter_namespaces(spec, ns_fds)
+        syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0,
+                       reason="hide this host python from /proc/<pid>/exe (CVE-2019-5736)")
+        _build_rootfs(spec, cgroup_paths)
+        process = spec["process"]
+        if process.get("terminal"):
+            _open_console(console)
+        _set_process_attributes(spec)
+        program = _find_program(process)
+        send(sync, {"type": "ready"})
+        sync.close()
+        # Blocks here, in OCI state "created", until `start` opens the FIFO's read end.
+        fifo = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fifo, b"0")
+        os.close(fifo)
+        os.close(fifo_fd)
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0, reason="the container outlives its creator")
+        syscalls.close_range_cloexec(3, reason="no host descriptor may reach the program")
+        env = dict(e.split("=", 1) for e in process.get("env", []) if "=" in e)
+        if spec.get("annotations", {}).get("org.minidock.init") == "true":
+            from minidock.runtime.reaper import run_reaper
+
+            run_reaper(program, process["args"], env)
+        try:
+            syscalls.execve(program, process["args"], env, reason="become the container's program")
+        except OSError as exc:
+            os.write(2, f"minidock: exec {process['args'][0]}: {exc.strerror}\n".encode())
+            os._exit(126 if exc.errno != 2 else 127)
+    except MinidockError as exc:
+        _report(sync, str(exc), exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 — anything at all must reach the parent
+        _report(sync, f"container init: {exc}", 125)
+    os._exit(1)
+
+
+def _report(sync: socket.socket, message: str, exit_code: int) -> None:
+    try:
+        send(sync, {"type": "error", "message": message, "exit_code": exit_code})
+    except OSError:
+        os.write(2, f"minidock: {message}\n".encode())
+
+
+def _enter_namespaces(spec: dict, ns_fds: dict[str, int]) -> None:
+    """Join the namespaces given by path, then unshare the new ones (except PID: the parent
+    already created that one by forking us into it)."""
+    for kind, fd in ns_fds.items():
+        syscalls.setns(fd, syscalls.NAMESPACE_FLAGS[kind],
+                       reason=f"join an existing {kind} namespace")
+        os.close(fd)
+    flags = 0
+    for ns in spec["linux"].get("namespaces", []):
+        if ns["type"] == "user":
+            raise InvalidArgument("user namespaces are not supported yet")
+        if ns["type"] != "pid" and not ns.get("path"):
+            flags |= syscalls.NAMESPACE_FLAGS[ns["type"]]
+    if flags:
+        syscalls.unshare(flags, reason="give the container its own namespaces")
+    if flags & syscalls.CLONE_NEWNET:
+        syscalls.link_up("lo", reason="a new network namespace's loopback starts down")
+
+
+def _build_rootfs(spec: dict, cgroup_paths: dict[str, str]) -> None:
+    root = spec["root"]["path"]
+    linux = spec["linux"]
+    rootfs.make_private()
+    rootfs.bind_rootfs(root)
+    for m in spec.get("mounts", []):
+        rootfs.mount_one(root, m, cgroup_paths)
+    rootfs.create_devices(root, linux.get("devices", []))
+    if spec.get("hostname"):
+        syscalls.sethostname(spec["hostname"], reason="the container's own hostname (UTS ns)")
+    rootfs.pivot_root(root)
+    rootfs.mask_paths(linux.get("maskedPaths", []))
+    rootfs.readonly_paths(linux.get("readonlyPaths", []))
+    if spec["root"].get("readonly"):
+        rootfs.readonly_root()
+
+
+def _open_console(console: socket.socket | None) -> None:
+    """Allocate the container's terminal from its own devpts and hand the master side to the
+    runtime's caller over the console socket (SCM_RIGHTS), as runc's --console-socket does.
+    The slave side becomes this process's controlling terminal and stdin/stdout/stderr."""
+    if console is None:
+        raise InvalidArgument("terminal requested but no console socket given")
+    master, slave = os.openpty()
+    socket.send_fds(console, [b"console"], [master])
+    os.close(master)
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    console_path = "/dev/console"
+    if not os.path.exists(console_path):
+        os.close(os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    syscalls.mount(os.ttyname(slave), console_path, None, syscalls.MS_BIND,
+                   reason="/dev/console is the container's terminal")
+    os.close(slave)
+
+
+def _set_process_attributes(spec: dict) -> None:
+    """rlimits, oom_score_adj, then identity and capabilities, then no_new_privs."""
+    process = spec["process"]
+    for limit in process.get("rlimits", []):
+        which = getattr(resource, limit["type"])
+        _, hard_now = resource.getrlimit(which)
+        hard = min(limit["hard"], hard_now) if hard_now != resource.RLIM_INFINITY else limit["hard"]
+        resource.setrlimit(which, (min(limit["soft"], hard), hard))
+    if "oomScoreAdj" in process:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(process["oomScoreAdj"]))
+    cwd = process.get("cwd", "/")
+    os.makedirs(cwd, exist_ok=True)
+    _set_capabilities_and_user(process)
+    os.chdir(cwd)
+    if not os.getcwd().startswith("/"):  # the kernel says "(unreachable)/…" outside the root
+        raise InvalidArgument(f"working directory {cwd} is outside the container")
+    if process.get("noNewPrivileges"):
+        syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1,
+                       reason="setuid binaries can no longer gain privileges")
+
+
+def _set_capabilities_and_user(process: dict) -> None:
+    """Drop from the bounding set what the container may never regain, switch uid/gid
+    keeping capabilities across the switch, then set the exact capability sets."""
+    sets = process.get("capabilities", {})
+    bounding = caps.mask(sets.get("bounding", []))
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
+    for cap in range(last_cap + 1):
+        if not bounding & (1 << cap):
+            syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
+    user = process.get("user", {})
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1, reason="keep capabilities across setuid")
+    syscalls.set_identity(uid, gid, user.get("additionalGids", []),
+                          reason="become the container's user")
+    syscalls.capset(caps.mask(sets.get("effective", [])), caps.mask(sets.get("permitted", [])),
+                    caps.mask(sets.get("inheritable", [])),
+                    reason="the container's capability sets")
+    syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
+    for name in sets.get("ambient", []):
+        syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE,
+                       caps.CAPABILITIES[name])
+
+
+def _find_program(process: dict) -> str:
+    """Resolve ``args[0]`` the way execvp does, inside the container's root and ``$PATH``."""
+    args = process.get("args") or []
+    if not args:
+        raise InvalidArgument("no command specified")
+    name = args[0]
+    if "/" in name:
+        candidates = [name]
+    else:
+        env = dict(e.split("=", 1) for e in process.get("env", []) if "=" in e)
+        dirs = env.get("PATH", DEFAULT_PATH).split(":")
+        candidates = [os.path.join(d or ".", name) for d in dirs]
+    for path in candidates:
+        if os.path.isfile(path):
+            if not os.access(path, os.X_OK):
+                raise CommandNotInvocable(f'exec: "{name}": permission denied')
+            return path
+    if "/" in name and os.path.isdir(name):
+        raise CommandNotInvocable(f'exec: "{name}": is a directory')
+    where = "no such file or directory" if "/" in name else "executable file not found in $PATH"
+    raise CommandNotFound(f'exec: "{name}": {where}')

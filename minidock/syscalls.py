@@ -1,0 +1,306 @@
+"""The thin system-call layer: every kernel-facing call minidock makes goes through here.
+
+Python 3.11's ``os`` module lacks ``unshare``, ``setns``, ``mount``, ``pivot_root`` and the
+capability calls, so this module reaches them through ``ctypes`` and libc. Each wrapper turns
+a failure (-1 and ``errno``) into :class:`minidock.errors.KernelError` carrying the call's name.
+
+Because every call funnels through :func:`_narrate`, this module is also where ``--explain``
+listens: when :data:`observer` is set, each call is reported as it happens with its decoded
+arguments. When it is ``None`` (the default) nothing is formatted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import socket
+from collections.abc import Callable
+
+from minidock.errors import KernelError
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+#: Called as ``observer(call, reason)`` for every system call when set (``--explain``).
+observer: Callable[[str, str], None] | None = None
+
+# --- namespace flags: clone(2), unshare(2), setns(2) ---------------------------------------
+CLONE_NEWNS = 0x00020000  # mount namespace
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000  # hostname and domain name
+CLONE_NEWIPC = 0x08000000  # System V IPC, POSIX message queues
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+#: OCI namespace type → clone flag (runtime-spec config-linux.md "Namespaces").
+NAMESPACE_FLAGS: dict[str, int] = {
+    "pid": CLONE_NEWPID,
+    "network": CLONE_NEWNET,
+    "mount": CLONE_NEWNS,
+    "ipc": CLONE_NEWIPC,
+    "uts": CLONE_NEWUTS,
+    "user": CLONE_NEWUSER,
+    "cgroup": CLONE_NEWCGROUP,
+}
+#: OCI namespace type → the file under /proc/<pid>/ns/ that names it.
+NAMESPACE_FILES: dict[str, str] = {
+    "pid": "pid",
+    "network": "net",
+    "mount": "mnt",
+    "ipc": "ipc",
+    "uts": "uts",
+    "user": "user",
+    "cgroup": "cgroup",
+}
+
+# --- mount(2) flags ---------------------------------------------------------------------------
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_UNBINDABLE = 0x20000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+MNT_DETACH = 0x2
+
+# --- prctl(2) options -------------------------------------------------------------------------
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_SET_NAME = 15
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_PRCTL_NAMES = {
+    PR_SET_PDEATHSIG: "PR_SET_PDEATHSIG",
+    PR_SET_DUMPABLE: "PR_SET_DUMPABLE",
+    PR_SET_KEEPCAPS: "PR_SET_KEEPCAPS",
+    PR_SET_NAME: "PR_SET_NAME",
+    PR_CAPBSET_DROP: "PR_CAPBSET_DROP",
+    PR_SET_CHILD_SUBREAPER: "PR_SET_CHILD_SUBREAPER",
+    PR_SET_NO_NEW_PRIVS: "PR_SET_NO_NEW_PRIVS",
+    PR_CAP_AMBIENT: "PR_CAP_AMBIENT",
+}
+
+# x86_64 system call numbers for calls glibc does not wrap (or wraps only recently).
+_SYS_PIVOT_ROOT = 155
+_SYS_CAPSET = 126
+_SYS_CLOSE_RANGE = 436
+CLOSE_RANGE_CLOEXEC = 0x4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def flag_names(value: int, table: dict[str, int]) -> str:
+    """Decode a bit mask into ``A|B|C`` using ``table`` (name → bit), for narration and errors."""
+    names = [name for name, bit in table.items() if bit and value & bit == bit]
+    return "|".join(names) or "0"
+
+
+_CLONE_TABLE = {
+    "CLONE_NEWNS": CLONE_NEWNS,
+    "CLONE_NEWCGROUP": CLONE_NEWCGROUP,
+    "CLONE_NEWUTS": CLONE_NEWUTS,
+    "CLONE_NEWIPC": CLONE_NEWIPC,
+    "CLONE_NEWUSER": CLONE_NEWUSER,
+    "CLONE_NEWPID": CLONE_NEWPID,
+    "CLONE_NEWNET": CLONE_NEWNET,
+}
+_MS_TABLE = {name: value for name, value in globals().items() if name.startswith("MS_")}
+
+
+def _narrate(call: Callable[[], str], reason: str) -> None:
+    """Report a system call to the ``--explain`` observer; free when nobody listens."""
+    if observer is not None:
+        observer(call(), reason)
+
+
+def _check(result: int, call: str, detail: str = "") -> int:
+    if result == -1:
+        raise KernelError(call, ctypes.get_errno(), detail)
+    return result
+
+
+def _b(text: str | None) -> bytes | None:
+    return None if text is None else os.fsencode(text)
+
+
+# --- namespaces -------------------------------------------------------------------------------
+def unshare(flags: int, reason: str = "") -> None:
+    """Move the calling process into new namespaces of the kinds in ``flags`` (unshare(2)).
+
+    CLONE_NEWPID is special: the caller stays where it is and only its *next child* is
+    born into the new PID namespace, as its PID 1.
+    """
+    _narrate(lambda: f"unshare({flag_names(flags, _CLONE_TABLE)})", reason)
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare", flag_names(flags, _CLONE_TABLE))
+
+
+def setns(fd: int, nstype: int, reason: str = "") -> None:
+    """Join the namespace that ``fd`` (an open /proc/<pid>/ns/* file) refers to (setns(2))."""
+    _narrate(lambda: f"setns({fd}, {flag_names(nstype, _CLONE_TABLE)})", reason)
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns",
+           flag_names(nstype, _CLONE_TABLE))
+
+
+# --- mounts -----------------------------------------------------------------------------------
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None, reason: str = "") -> None:
+    """Attach a filesystem, or change a mount's flags or propagation (mount(2))."""
+    _narrate(lambda: f'mount("{source or ""}", "{target}", "{fstype or ""}", '
+                     f'{flag_names(flags, _MS_TABLE)}, "{data or ""}")', reason)
+    result = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    _check(result, "mount", f"{source or fstype or ''} on {target}")
+
+
+def umount2(target: str, flags: int = 0, reason: str = "") -> None:
+    """Detach the filesystem mounted at ``target`` (umount2(2)); MNT_DETACH does it lazily."""
+    _narrate(lambda: f'umount2("{target}", {"MNT_DETACH" if flags & MNT_DETACH else flags})',
+             reason)
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)
+
+
+def pivot_root(new_root: str, put_old: str, reason: str = "") -> None:
+    """Make ``new_root`` the root mount of this mount namespace (pivot_root(2)).
+
+    Unlike chroot, which only changes one process's view of ``/``, pivot_root swaps the
+    namespace's root mount, so the old root can then be unmounted and is gone for good.
+    """
+    _narrate(lambda: f'pivot_root("{new_root}", "{put_old}")', reason)
+    _check(_libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+# --- process attributes -----------------------------------------------------------------------
+def sethostname(name: str, reason: str = "") -> None:
+    """Set the hostname of the calling process's UTS namespace (sethostname(2))."""
+    _narrate(lambda: f'sethostname("{name}")', reason)
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, reason: str = "") -> int:
+    """Change a per-process attribute (prctl(2)): dumpable, subreaper, no_new_privs, caps…"""
+    _narrate(lambda: f"prctl({_PRCTL_NAMES.get(option, option)}, {arg2}, {arg3})", reason)
+    return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                              ctypes.c_ulong(0), ctypes.c_ulong(0)),
+                  "prctl", _PRCTL_NAMES.get(option, str(option)))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def capset(effective: int, permitted: int, inheritable: int, reason: str = "") -> None:
+    """Set this thread's effective, permitted and inheritable capability sets (capset(2)).
+
+    Each set is a 64-bit mask (bit N = capability N), split across two 32-bit words.
+    """
+    _narrate(lambda: f"capset(effective={effective:#x}, permitted={permitted:#x}, "
+                     f"inheritable={inheritable:#x})", reason)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for word in (0, 1):
+        shift = 32 * word
+        data[word].effective = (effective >> shift) & 0xFFFFFFFF
+        data[word].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[word].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.syscall(_SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+def close_range_cloexec(first: int, reason: str = "") -> None:
+    """Mark every descriptor from ``first`` upwards close-on-exec (close_range(2)).
+
+    Run just before exec, this guarantees no host file descriptor survives into the
+    container's program (the runc CVE-2024-21626 class of leak).
+    """
+    _narrate(lambda: f"close_range({first}, ~0U, CLOSE_RANGE_CLOEXEC)", reason)
+    _check(_libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                         ctypes.c_uint(CLOSE_RANGE_CLOEXEC)), "close_range")
+
+
+def mknod(path: str, mode: int, device: int, reason: str = "") -> None:
+    """Create a device node (mknod(2)); ``device`` is ``os.makedev(major, minor)``."""
+    _narrate(lambda: f'mknod("{path}", {mode:#o}, makedev({os.major(device)}, '
+                     f'{os.minor(device)}))', reason)
+    try:
+        os.mknod(path, mode, device)
+    except OSError as exc:
+        raise KernelError("mknod", exc.errno or 0, path) from None
+
+
+def kill(pid: int, sig: int, reason: str = "") -> None:
+    """Send signal ``sig`` to process ``pid`` (kill(2))."""
+    _narrate(lambda: f"kill({pid}, {sig})", reason)
+    try:
+        os.kill(pid, sig)
+    except OSError as exc:
+        raise KernelError("kill", exc.errno or 0, str(pid)) from None
+
+
+def execve(path: str, args: list[str], env: dict[str, str], reason: str = "") -> None:
+    """Replace this process's program with ``path`` (execve(2)); returns only on failure."""
+    _narrate(lambda: f'execve("{path}", {args!r})', reason)
+    os.execve(path, args, env)
+
+
+def set_identity(uid: int, gid: int, additional_gids: list[int], reason: str = "") -> None:
+    """Become ``uid``/``gid`` with these supplementary groups (setgroups(2), setresgid(2),
+    setresuid(2)). Groups first: once the uid is not 0, changing groups is no longer allowed."""
+    _narrate(lambda: f"setgroups({additional_gids}); setresgid({gid}); setresuid({uid})", reason)
+    try:
+        os.setgroups(additional_gids)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        raise KernelError("setresuid", exc.errno or 0, f"{uid}:{gid}") from None
+
+
+class _IfReq(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char * 16), ("flags", ctypes.c_short),
+                ("pad", ctypes.c_char * 22)]
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def link_up(name: str, reason: str = "") -> None:
+    """Bring a network interface up (SIOCSIFFLAGS on a socket; see netdevice(7)).
+
+    A new network namespace has only ``lo``, and it starts down: without this even
+    127.0.0.1 would not work inside the container.
+    """
+    _narrate(lambda: f'ioctl(SIOCSIFFLAGS, "{name}", IFF_UP)', reason)
+    request = _IfReq(name.encode(), 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request)
+            request.flags |= _IFF_UP
+            fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, request)
+        except OSError as exc:
+            raise KernelError("ioctl(SIOCSIFFLAGS)", exc.errno or 0, name) from None

@@ -57,9 +57,20 @@ CAPABILITIES: dict[str, int] = {
 
 #: Docker's 14 default capabilities (moby oci/caps/defaults.go).
 DOCKER_DEFAULT: tuple[str, ...] = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
 )
 
 
@@ -82,8 +93,9 @@ def bounding_set() -> list[str]:
     return [name for name, bit in CAPABILITIES.items() if held & (1 << bit)]
 
 
-def resolve(add: list[str], drop: list[str], privileged: bool = False,
-            available: list[str] | None = None) -> list[str]:
+def resolve(
+    add: list[str], drop: list[str], privileged: bool = False, available: list[str] | None = None
+) -> list[str]:
     """The capability list a container gets: Docker's defaults, plus ``--cap-add``, minus
     ``--cap-drop`` (``ALL`` allowed on either side; a drop of ALL then add re-grants).
     ``--privileged`` gets every capability in ``available`` (default: all known)."""

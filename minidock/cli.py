@@ -31,8 +31,12 @@ def _engine(ctx: click.Context) -> Any:
 
 
 @click.group(context_settings=_CONTEXT)
-@click.option("--root", envvar="MINIDOCK_ROOT", default=None,
-              help="State directory (default /var/lib/minidock).")
+@click.option(
+    "--root",
+    envvar="MINIDOCK_ROOT",
+    default=None,
+    help="State directory (default /var/lib/minidock).",
+)
 @click.pass_context
 def cli(ctx: click.Context, root: str | None) -> None:
     """A container engine and runtime for Linux, written to be read."""
@@ -62,12 +66,24 @@ def _container_options(func: Callable) -> Callable:
         click.option("--cap-add", multiple=True, help="Add Linux capabilities."),
         click.option("--cap-drop", multiple=True, help="Drop Linux capabilities."),
         click.option("--privileged", is_flag=True, help="Give extended privileges."),
-        click.option("--network", "--net", default="none", show_default=True,
-                     help="Network mode: none, host, container:NAME."),
-        click.option("--init", is_flag=True, help="Run an init inside the container that "
-                     "forwards signals and reaps processes."),
-        click.option("--rm", "auto_remove", is_flag=True,
-                     help="Automatically remove the container when it exits."),
+        click.option(
+            "--network",
+            "--net",
+            default="none",
+            show_default=True,
+            help="Network mode: none, host, container:NAME.",
+        ),
+        click.option(
+            "--init",
+            is_flag=True,
+            help="Run an init inside the container that forwards signals and reaps processes.",
+        ),
+        click.option(
+            "--rm",
+            "auto_remove",
+            is_flag=True,
+            help="Automatically remove the container when it exits.",
+        ),
         click.option("--log-opt", multiple=True, help="Log driver options (max-size, max-file)."),
         click.option("--ulimit", multiple=True, help="Ulimit options (e.g. nofile=1024:2048)."),
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
@@ -95,20 +111,37 @@ def _run_options(kw: dict[str, Any]) -> Any:
     if kw["user"]:
         parse.parse_user(kw["user"])
     return RunOptions(
-        image=kw["image"], command=list(kw["command"]), name=kw["name"],
-        entrypoint=kw["entrypoint"], env=env, workdir=kw["workdir"], user=kw["user"],
-        hostname=kw["hostname"], tty=kw["tty"], interactive=kw["interactive"],
-        volumes=[parse.parse_volume(v) for v in kw["volume"]], memory=memory,
+        image=kw["image"],
+        command=list(kw["command"]),
+        name=kw["name"],
+        entrypoint=kw["entrypoint"],
+        env=env,
+        workdir=kw["workdir"],
+        user=kw["user"],
+        hostname=kw["hostname"],
+        tty=kw["tty"],
+        interactive=kw["interactive"],
+        volumes=[parse.parse_volume(v) for v in kw["volume"]],
+        memory=memory,
         memory_swap=parse.parse_memory_swap(kw["memory_swap"], memory)
-        if kw["memory_swap"] else None,
+        if kw["memory_swap"]
+        else None,
         nano_cpus=parse.parse_cpus(kw["cpus"]) if kw["cpus"] else None,
         cpu_shares=parse.parse_cpu_shares(kw["cpu_shares"]) if kw["cpu_shares"] else None,
         pids_limit=parse.parse_pids_limit(kw["pids_limit"]) if kw["pids_limit"] else None,
-        cap_add=list(kw["cap_add"]), cap_drop=list(kw["cap_drop"]),
-        privileged=kw["privileged"], network=kw["network"], init=kw["init"],
-        auto_remove=kw["auto_remove"], log_max_size=max_size, log_max_files=max_files,
-        ulimits=[parse.parse_ulimit(u) for u in kw["ulimit"]], read_only=kw["read_only"],
-        stop_signal=kw["stop_signal"], stop_timeout=kw["stop_timeout"])
+        cap_add=list(kw["cap_add"]),
+        cap_drop=list(kw["cap_drop"]),
+        privileged=kw["privileged"],
+        network=kw["network"],
+        init=kw["init"],
+        auto_remove=kw["auto_remove"],
+        log_max_size=max_size,
+        log_max_files=max_files,
+        ulimits=[parse.parse_ulimit(u) for u in kw["ulimit"]],
+        read_only=kw["read_only"],
+        stop_signal=kw["stop_signal"],
+        stop_timeout=kw["stop_timeout"],
+    )
 
 
 def _attach(interactive: bool, use_tty: bool) -> Any:
@@ -116,8 +149,11 @@ def _attach(interactive: bool, use_tty: bool) -> Any:
 
     if interactive and use_tty and not os.isatty(0):
         raise MinidockError("the input device is not a TTY")
-    return Attach(stdout=sys.stdout.fileno(), stderr=sys.stderr.fileno(),
-                  stdin=sys.stdin.fileno() if interactive else None)
+    return Attach(
+        stdout=sys.stdout.fileno(),
+        stderr=sys.stderr.fileno(),
+        stdin=sys.stdin.fileno() if interactive else None,
+    )
 
 
 def _in_raw_mode(enabled: bool, body: Callable[[], int]) -> int:
@@ -301,11 +337,19 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, no_trunc: bool, fmt: str
         command = " ".join([record["Path"], *record["Args"]])
         if not no_trunc and len(command) > 20:
             command = command[:19] + "…"
-        rows.append({"ID": c.id if no_trunc else c.id[:12], "Image": record["Config"]["Image"],
-                     "Command": f'"{command}"', "CreatedAt": record["Created"],
-                     "RunningFor": _ago(record["Created"]), "Status": _status_text(state),
-                     "State": state["Status"], "Names": record["Name"].lstrip("/"),
-                     "Ports": ""})
+        rows.append(
+            {
+                "ID": c.id if no_trunc else c.id[:12],
+                "Image": record["Config"]["Image"],
+                "Command": f'"{command}"',
+                "CreatedAt": record["Created"],
+                "RunningFor": _ago(record["Created"]),
+                "Status": _status_text(state),
+                "State": state["Status"],
+                "Names": record["Name"].lstrip("/"),
+                "Ports": "",
+            }
+        )
     if quiet:
         for row in rows:
             click.echo(row["ID"])
@@ -313,9 +357,21 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, no_trunc: bool, fmt: str
         for row in rows:
             click.echo(_render(fmt.removeprefix("table "), row))
     else:
-        _table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
-               [[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Ports"],
-                 r["Names"]] for r in rows])
+        _table(
+            ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+            [
+                [
+                    r["ID"],
+                    r["Image"],
+                    r["Command"],
+                    r["RunningFor"],
+                    r["Status"],
+                    r["Ports"],
+                    r["Names"],
+                ]
+                for r in rows
+            ],
+        )
 
 
 @cli.command(context_settings=_CONTEXT)
@@ -358,8 +414,15 @@ def _render_path(template: str, data: dict) -> str:
 @click.option("--until", help="Show logs before a timestamp or relative time.")
 @click.argument("container")
 @click.pass_context
-def logs(ctx: click.Context, follow: bool, tail: str, timestamps: bool, since: str | None,
-         until: str | None, container: str) -> None:
+def logs(
+    ctx: click.Context,
+    follow: bool,
+    tail: str,
+    timestamps: bool,
+    since: str | None,
+    until: str | None,
+    container: str,
+) -> None:
     """Fetch the logs of a container."""
     from minidock.logs import render
 
@@ -368,9 +431,12 @@ def logs(ctx: click.Context, follow: bool, tail: str, timestamps: bool, since: s
         raise MinidockError(f'invalid value "{tail}" for --tail')
     n = None if tail == "all" or int(tail) < 0 else int(tail)
     records = _engine(ctx).logs(
-        container, tail=n, follow=follow,
+        container,
+        tail=n,
+        follow=follow,
         since_ns=parse.parse_duration_or_timestamp(since, now_ns) if since else None,
-        until_ns=parse.parse_duration_or_timestamp(until, now_ns) if until else None)
+        until_ns=parse.parse_duration_or_timestamp(until, now_ns) if until else None,
+    )
     for record in records:
         stream = sys.stderr if record.stream == "stderr" else sys.stdout
         stream.write(render(record, timestamps))
@@ -403,12 +469,29 @@ def stats(ctx: click.Context, no_stream: bool, containers: tuple[str, ...]) -> N
             cpu = 100.0 * (s.cpu_usage_ns - s0.cpu_usage_ns) / max(1, t1 - t0)
             before[ref] = (t1, s)
             limit = s.memory_limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            rows.append([c.id[:12], c.name, f"{cpu:.2f}%",
-                         f"{_human_bytes(s.memory_current)} / {_human_bytes(limit)}",
-                         f"{100.0 * s.memory_current / limit:.2f}%",
-                         f"{s.cpu_nr_throttled}/{s.cpu_nr_periods}", str(s.pids_current)])
-        _table(["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %",
-                "THROTTLED/PERIODS", "PIDS"], rows)
+            rows.append(
+                [
+                    c.id[:12],
+                    c.name,
+                    f"{cpu:.2f}%",
+                    f"{_human_bytes(s.memory_current)} / {_human_bytes(limit)}",
+                    f"{100.0 * s.memory_current / limit:.2f}%",
+                    f"{s.cpu_nr_throttled}/{s.cpu_nr_periods}",
+                    str(s.pids_current),
+                ]
+            )
+        _table(
+            [
+                "CONTAINER ID",
+                "NAME",
+                "CPU %",
+                "MEM USAGE / LIMIT",
+                "MEM %",
+                "THROTTLED/PERIODS",
+                "PIDS",
+            ],
+            rows,
+        )
         if no_stream:
             return
 
@@ -426,10 +509,16 @@ def top(ctx: click.Context, container: str) -> None:
             p = psutil.Process(pid)
             with p.oneshot():
                 cpu = p.cpu_times()
-                rows.append([p.username(), str(pid), str(p.ppid()),
-                             time.strftime("%H:%M", time.localtime(p.create_time())),
-                             time.strftime("%H:%M:%S", time.gmtime(cpu.user + cpu.system)),
-                             " ".join(p.cmdline()) or f"[{p.name()}]"])
+                rows.append(
+                    [
+                        p.username(),
+                        str(pid),
+                        str(p.ppid()),
+                        time.strftime("%H:%M", time.localtime(p.create_time())),
+                        time.strftime("%H:%M:%S", time.gmtime(cpu.user + cpu.system)),
+                        " ".join(p.cmdline()) or f"[{p.name()}]",
+                    ]
+                )
         except psutil.NoSuchProcess:
             continue
     _table(["UID", "PID", "PPID", "STIME", "TIME", "CMD"], rows)
@@ -479,8 +568,12 @@ def rmi(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
 
 # --- the OCI runtime, runc-style -----------------------------------------------------------------
 @cli.group(context_settings=_CONTEXT)
-@click.option("--state-dir", default="/run/minidock-runtime", show_default=True,
-              help="Where the runtime keeps its state.")
+@click.option(
+    "--state-dir",
+    default="/run/minidock-runtime",
+    show_default=True,
+    help="Where the runtime keeps its state.",
+)
 @click.pass_context
 def runtime(ctx: click.Context, state_dir: str) -> None:
     """The OCI runtime alone: create/start/state/kill/delete a bundle, like runc."""
@@ -492,8 +585,9 @@ def runtime(ctx: click.Context, state_dir: str) -> None:
 @click.option("--pid-file", help="File to write the container's PID to.")
 @click.argument("container_id")
 @click.pass_context
-def runtime_create(ctx: click.Context, bundle: str, pid_file: str | None,
-                   container_id: str) -> None:
+def runtime_create(
+    ctx: click.Context, bundle: str, pid_file: str | None, container_id: str
+) -> None:
     """Create a container from a bundle; it waits for `start` (the program inherits our stdio)."""
     from minidock import runtime as rt
 

@@ -8,6 +8,7 @@ nothing heavy. ``container.json`` holds what the user asked for, shaped like the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -26,9 +27,18 @@ def now() -> str:
 
 
 def initial_state() -> dict[str, Any]:
-    return {"Status": Status.CREATED.value, "Pid": 0, "PidStart": 0, "MonitorPid": 0,
-            "ExitCode": 0, "OOMKilled": False, "Error": "", "StartedAt": ZERO_TIME,
-            "FinishedAt": ZERO_TIME, "RestartCount": 0}
+    return {
+        "Status": Status.CREATED.value,
+        "Pid": 0,
+        "PidStart": 0,
+        "MonitorPid": 0,
+        "ExitCode": 0,
+        "OOMKilled": False,
+        "Error": "",
+        "StartedAt": ZERO_TIME,
+        "FinishedAt": ZERO_TIME,
+        "RestartCount": 0,
+    }
 
 
 class Container:
@@ -105,8 +115,14 @@ class Container:
         if self.init_alive(st):
             return  # still running, just unsupervised: stop/kill still work on it
         self.cleanup_after_exit()
-        self.update_state(Status=Status.EXITED.value, Pid=0, MonitorPid=0, ExitCode=255,
-                          Error="monitor died; exit status unknown", FinishedAt=now())
+        self.update_state(
+            Status=Status.EXITED.value,
+            Pid=0,
+            MonitorPid=0,
+            ExitCode=255,
+            Error="monitor died; exit status unknown",
+            FinishedAt=now(),
+        )
 
     # --- root filesystem ------------------------------------------------------------------
     def mount_rootfs(self, lowerdirs: list[str]) -> None:
@@ -118,10 +134,18 @@ class Container:
         for d in ("upper", "work"):
             os.makedirs(self.path(d), mode=0o755, exist_ok=True)
         os.makedirs(self.rootfs, mode=0o755, exist_ok=True)
-        options = (f"lowerdir={':'.join(lowerdirs)},upperdir={self.path('upper')},"
-                   f"workdir={self.path('work')}")
-        syscalls.mount("overlay", self.rootfs, "overlay", 0, options,
-                       reason="the container's root: image layers + a private writable layer")
+        options = (
+            f"lowerdir={':'.join(lowerdirs)},upperdir={self.path('upper')},"
+            f"workdir={self.path('work')}"
+        )
+        syscalls.mount(
+            "overlay",
+            self.rootfs,
+            "overlay",
+            0,
+            options,
+            reason="the container's root: image layers + a private writable layer",
+        )
 
     def unmount_rootfs(self) -> None:
         if os.path.ismount(self.rootfs):
@@ -133,10 +157,8 @@ class Container:
     def cleanup_after_exit(self) -> None:
         """What must not outlive the container's processes: its runtime record (and with
         it the cgroup) and the overlay mount."""
-        try:
+        with contextlib.suppress(ContainerNotFound):
             runtime.delete(self.runtime_root, self.id, force=True)
-        except ContainerNotFound:
-            pass
         self.unmount_rootfs()
 
     def remove_files(self) -> None:

@@ -8,6 +8,7 @@ Python program can do with ``Engine(root).run(RunOptions(image="busybox", …))`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -86,8 +87,9 @@ class Engine:
         self.paths = store.Paths(store.state_root(root))
         self.paths.ensure()
         self.images = ImageStore(self.paths)
-        self.cgroup_parent = (cgroup_parent or os.environ.get("MINIDOCK_CGROUP_PARENT")
-                              or "minidock").strip("/")
+        self.cgroup_parent = (
+            cgroup_parent or os.environ.get("MINIDOCK_CGROUP_PARENT") or "minidock"
+        ).strip("/")
 
     # --- finding containers -------------------------------------------------------------------
     def _ids(self) -> list[str]:
@@ -133,34 +135,51 @@ class Engine:
         """Record a new container (Docker's ``create``): no process, no mount yet."""
         image = self.images.get(opts.image)
         if opts.network not in NETWORK_MODES and not opts.network.startswith("container:"):
-            raise InvalidArgument(f'network {opts.network} not found (available: '
-                                  f'{", ".join(NETWORK_MODES)}, container:NAME)')
+            raise InvalidArgument(
+                f"network {opts.network} not found (available: "
+                f"{', '.join(NETWORK_MODES)}, container:NAME)"
+            )
         if opts.network.startswith("container:"):
             self.find(opts.network.removeprefix("container:"))
         cid = secrets.token_hex(32)
         hostname = opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12])
         config = {
-            "Hostname": hostname, "User": opts.user or image.config.get("User", ""),
-            "Env": opts.env, "Cmd": opts.command or None,
+            "Hostname": hostname,
+            "User": opts.user or image.config.get("User", ""),
+            "Env": opts.env,
+            "Cmd": opts.command or None,
             "Entrypoint": [opts.entrypoint] if opts.entrypoint is not None else None,
-            "WorkingDir": opts.workdir or "", "Tty": opts.tty, "OpenStdin": opts.interactive,
-            "AttachStdin": opts.interactive, "Image": opts.image,
+            "WorkingDir": opts.workdir or "",
+            "Tty": opts.tty,
+            "OpenStdin": opts.interactive,
+            "AttachStdin": opts.interactive,
+            "Image": opts.image,
             "StopSignal": opts.stop_signal or image.config.get("StopSignal", "SIGTERM"),
             "StopTimeout": opts.stop_timeout,
         }
         if opts.entrypoint == "":
             config["Entrypoint"] = []
         host_config = {
-            "Binds": [f"{v.source}:{v.destination}{':ro' if v.read_only else ''}"
-                      for v in opts.volumes],
-            "NetworkMode": opts.network, "AutoRemove": opts.auto_remove,
-            "Privileged": opts.privileged, "CapAdd": opts.cap_add, "CapDrop": opts.cap_drop,
-            "Memory": opts.memory or 0, "MemorySwap": opts.memory_swap or 0,
-            "NanoCpus": opts.nano_cpus or 0, "CpuShares": opts.cpu_shares or 0,
-            "PidsLimit": opts.pids_limit, "Init": opts.init, "ReadonlyRootfs": opts.read_only,
+            "Binds": [
+                f"{v.source}:{v.destination}{':ro' if v.read_only else ''}" for v in opts.volumes
+            ],
+            "NetworkMode": opts.network,
+            "AutoRemove": opts.auto_remove,
+            "Privileged": opts.privileged,
+            "CapAdd": opts.cap_add,
+            "CapDrop": opts.cap_drop,
+            "Memory": opts.memory or 0,
+            "MemorySwap": opts.memory_swap or 0,
+            "NanoCpus": opts.nano_cpus or 0,
+            "CpuShares": opts.cpu_shares or 0,
+            "PidsLimit": opts.pids_limit,
+            "Init": opts.init,
+            "ReadonlyRootfs": opts.read_only,
             "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in opts.ulimits],
-            "LogConfig": {"Type": "json-file", "Config": {"max-size": str(opts.log_max_size),
-                                                          "max-file": str(opts.log_max_files)}},
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": {"max-size": str(opts.log_max_size), "max-file": str(opts.log_max_files)},
+            },
         }
         argv = spec.command_line(config, image.config)
         if not argv:
@@ -170,10 +189,19 @@ class Engine:
             c = Container(self.paths, cid)
             os.makedirs(c.dir, mode=0o711)
             store.write_json(c.path("state.json"), initial_state())
-            store.write_json(c.path("container.json"), {
-                "Id": cid, "Name": f"/{name}", "Created": now(), "Image": image.id,
-                "Path": argv[0], "Args": argv[1:], "Config": config, "HostConfig": host_config,
-            })
+            store.write_json(
+                c.path("container.json"),
+                {
+                    "Id": cid,
+                    "Name": f"/{name}",
+                    "Created": now(),
+                    "Image": image.id,
+                    "Path": argv[0],
+                    "Args": argv[1:],
+                    "Config": config,
+                    "HostConfig": host_config,
+                },
+            )
         return c
 
     def _allocate_name(self, wanted: str | None) -> str:
@@ -183,8 +211,9 @@ class Engine:
                 pass
             return name
         if not _NAME_RE.match(wanted):
-            raise InvalidArgument(f'invalid container name "{wanted}": only [a-zA-Z0-9]'
-                                  f'[a-zA-Z0-9_.-] are allowed')
+            raise InvalidArgument(
+                f'invalid container name "{wanted}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
+            )
         name = wanted.lstrip("/")
         if name in taken:
             raise Conflict(f'the container name "/{name}" is already in use')
@@ -205,14 +234,24 @@ class Engine:
             if not other.init_alive(st):
                 raise Conflict(f"cannot join network of a non running container: {other.name}")
             network_path = f"/proc/{st['Pid']}/ns/net"
-        hard = {name: resource.getrlimit(getattr(resource, name))[1]
-                for name in dir(resource) if name.startswith("RLIMIT_")}
+        hard = {
+            name: resource.getrlimit(getattr(resource, name))[1]
+            for name in dir(resource)
+            if name.startswith("RLIMIT_")
+        }
         config = spec.build(
-            record, image.config, rootfs="rootfs", cgroup_path=f"{self.cgroup_parent}/{c.id}",
-            identity=users.resolve(c.rootfs, record["Config"]["User"]), etc_files=etc,
-            network_path=network_path, host_caps=caps.bounding_set(),
-            host_hard_limits={k: (-1 if v == resource.RLIM_INFINITY else v)
-                              for k, v in hard.items()})
+            record,
+            image.config,
+            rootfs="rootfs",
+            cgroup_path=f"{self.cgroup_parent}/{c.id}",
+            identity=users.resolve(c.rootfs, record["Config"]["User"]),
+            etc_files=etc,
+            network_path=network_path,
+            host_caps=caps.bounding_set(),
+            host_hard_limits={
+                k: (-1 if v == resource.RLIM_INFINITY else v) for k, v in hard.items()
+            },
+        )
         store.write_json(os.path.join(c.bundle, "config.json"), config)
 
     def _image_of(self, record: dict) -> Image:
@@ -228,17 +267,25 @@ class Engine:
             with open("/etc/hosts") as f:
                 hosts = f.read()
         else:
-            hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                     f"127.0.1.1\t{hostname}\n")
+            hosts = (
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                f"127.0.1.1\t{hostname}\n"
+            )
         try:
             with open("/etc/resolv.conf") as f:
-                resolv = "".join(line for line in f if not (
-                    line.startswith("nameserver") and not host_network
-                    and line.split()[1:2] and line.split()[1].startswith(("127.", "::1"))))
+                resolv = "".join(
+                    line
+                    for line in f
+                    if not (
+                        line.startswith("nameserver")
+                        and not host_network
+                        and line.split()[1:2]
+                        and line.split()[1].startswith(("127.", "::1"))
+                    )
+                )
         except OSError:
             resolv = ""
-        files = {"/etc/hostname": f"{hostname}\n", "/etc/hosts": hosts,
-                 "/etc/resolv.conf": resolv}
+        files = {"/etc/hostname": f"{hostname}\n", "/etc/hosts": hosts, "/etc/resolv.conf": resolv}
         result = {}
         for dest, content in files.items():
             path = c.path(os.path.basename(dest))
@@ -254,10 +301,8 @@ class Engine:
         c = ref if isinstance(ref, Container) else self.find(ref)
         with c.operation_lock():
             require(c.status(), Operation.START, c.name)
-            try:
-                runtime.delete(c.runtime_root, c.id, force=True)  # left from a previous run
-            except ContainerNotFound:
-                pass
+            with contextlib.suppress(ContainerNotFound):  # left over from a previous run
+                runtime.delete(c.runtime_root, c.id, force=True)
             try:
                 self._prepare(c)
             except BaseException:
@@ -275,16 +320,30 @@ class Engine:
         env = {**os.environ, "PYTHONPATH": _package_parent()}
         with open(c.path("monitor.log"), "ab") as errors:
             subprocess.Popen(
-                [sys.executable, "-S", "-m", "minidock.monitor", self.paths.root, c.id,
-                 str(write_end)],
-                pass_fds=[write_end], start_new_session=True, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=errors, cwd="/", env=env)
+                [
+                    sys.executable,
+                    "-S",
+                    "-m",
+                    "minidock.monitor",
+                    self.paths.root,
+                    c.id,
+                    str(write_end),
+                ],
+                pass_fds=[write_end],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                cwd="/",
+                env=env,
+            )
         os.close(write_end)
         with os.fdopen(read_end, "rb") as f:
             line = f.readline()
-        message = json.loads(line) if line else {
-            "error": f"monitor exited without starting the container (see {c.path('monitor.log')})",
-            "exit_code": 125}
+        if not line:
+            log = c.path("monitor.log")
+            line = json.dumps({"error": f"monitor exited before the container ran (see {log})"})
+        message = json.loads(line)
         if "error" in message:
             self._raise(message)
 
@@ -341,15 +400,11 @@ class Engine:
                 timeout = DEFAULT_STOP_TIMEOUT
             sig = parse.parse_signal(record["Config"].get("StopSignal") or "SIGTERM")
             st = c.state()
-            try:
+            with contextlib.suppress(MinidockError):  # it may have exited already
                 runtime.kill(c.runtime_root, c.id, sig)
-            except MinidockError:
-                pass  # already gone
             if not self._wait_exit(c, st, timeout):
-                try:
+                with contextlib.suppress(MinidockError):
                     runtime.kill(c.runtime_root, c.id, signal.SIGKILL)
-                except MinidockError:
-                    pass
             self._wait_recorded(c)
         return c
 
@@ -416,10 +471,8 @@ class Engine:
             if not force:
                 require(status, Operation.REMOVE, c.name)
             st = c.state()
-            try:
+            with contextlib.suppress(MinidockError):
                 runtime.kill(c.runtime_root, c.id, signal.SIGKILL, all_processes=True)
-            except MinidockError:
-                pass
             self._wait_exit(c, st, 10)
             with c.operation_lock():
                 self._wait_recorded(c)
@@ -437,35 +490,77 @@ class Engine:
         record, st = c.record(), c.state()
         status = st["Status"]
         return {
-            "Id": c.id, "Created": record["Created"], "Path": record["Path"],
+            "Id": c.id,
+            "Created": record["Created"],
+            "Path": record["Path"],
             "Args": record["Args"],
-            "State": {"Status": status, "Running": status in ("running", "paused"),
-                      "Paused": status == "paused", "Restarting": False,
-                      "OOMKilled": st["OOMKilled"], "Dead": False, "Pid": st["Pid"],
-                      "ExitCode": st["ExitCode"], "Error": st["Error"],
-                      "StartedAt": st["StartedAt"], "FinishedAt": st["FinishedAt"]},
-            "Image": f"sha256:{record['Image']}", "Name": record["Name"],
-            "ResolvConfPath": c.path("resolv.conf"), "HostnamePath": c.path("hostname"),
-            "HostsPath": c.path("hosts"), "LogPath": c.log_path,
-            "RestartCount": st.get("RestartCount", 0), "Driver": "overlay", "Platform": "linux",
-            "HostConfig": record["HostConfig"], "Config": record["Config"],
-            "GraphDriver": {"Name": "overlay", "Data": {
-                "LowerDir": self._image_of(record).rootfs, "UpperDir": c.path("upper"),
-                "WorkDir": c.path("work"), "MergedDir": c.rootfs}},
-            "Mounts": [{"Type": "bind", "Source": b.split(":")[0], "Destination": b.split(":")[1],
-                        "RW": not b.endswith(":ro")} for b in record["HostConfig"]["Binds"]],
+            "State": {
+                "Status": status,
+                "Running": status in ("running", "paused"),
+                "Paused": status == "paused",
+                "Restarting": False,
+                "OOMKilled": st["OOMKilled"],
+                "Dead": False,
+                "Pid": st["Pid"],
+                "ExitCode": st["ExitCode"],
+                "Error": st["Error"],
+                "StartedAt": st["StartedAt"],
+                "FinishedAt": st["FinishedAt"],
+            },
+            "Image": f"sha256:{record['Image']}",
+            "Name": record["Name"],
+            "ResolvConfPath": c.path("resolv.conf"),
+            "HostnamePath": c.path("hostname"),
+            "HostsPath": c.path("hosts"),
+            "LogPath": c.log_path,
+            "RestartCount": st.get("RestartCount", 0),
+            "Driver": "overlay",
+            "Platform": "linux",
+            "HostConfig": record["HostConfig"],
+            "Config": record["Config"],
+            "GraphDriver": {
+                "Name": "overlay",
+                "Data": {
+                    "LowerDir": self._image_of(record).rootfs,
+                    "UpperDir": c.path("upper"),
+                    "WorkDir": c.path("work"),
+                    "MergedDir": c.rootfs,
+                },
+            },
+            "Mounts": [
+                {
+                    "Type": "bind",
+                    "Source": b.split(":")[0],
+                    "Destination": b.split(":")[1],
+                    "RW": not b.endswith(":ro"),
+                }
+                for b in record["HostConfig"]["Binds"]
+            ],
             "NetworkSettings": {"Networks": {record["HostConfig"]["NetworkMode"]: {}}},
         }
 
-    def logs(self, ref: str, *, tail: int | None = None, since_ns: int | None = None,
-             until_ns: int | None = None, follow: bool = False) -> Iterator[logs.LogRecord]:
+    def logs(
+        self,
+        ref: str,
+        *,
+        tail: int | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        follow: bool = False,
+    ) -> Iterator[logs.LogRecord]:
         c = self.find(ref)
 
         def finished() -> bool:
             return not c.exists() or c.status() not in (Status.RUNNING, Status.PAUSED)
 
-        return logs.read_logs(c.log_path, tail=tail, since_ns=since_ns, until_ns=until_ns,
-                              follow=follow, stop_following=finished)
+        return logs.read_logs(
+            c.log_path,
+            tail=tail,
+            since_ns=since_ns,
+            until_ns=until_ns,
+            follow=follow,
+            stop_following=finished,
+        )
 
     def _cgroup(self, c: Container) -> cgroups.Cgroup:
         if c.status() not in (Status.RUNNING, Status.PAUSED):

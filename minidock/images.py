@@ -113,8 +113,12 @@ class ImageStore:
             else:
                 raise InvalidArgument(f"{source}: no such file or directory")
             created = format_timestamp(time.time_ns())
-            image_config = {"architecture": "amd64", "os": "linux", "created": created,
-                            "config": config}
+            image_config = {
+                "architecture": "amd64",
+                "os": "linux",
+                "created": created,
+                "config": config,
+            }
             blob = json.dumps(image_config, sort_keys=True).encode()
             image_id = hashlib.sha256(blob + tmp.encode()).hexdigest()
             store.write_json(os.path.join(tmp, "config.json"), image_config)
@@ -141,9 +145,13 @@ class ImageStore:
                 raise ImageNotFound(f"No such image: {ref}")
             image_id = matches[0]
         data = store.read_json(os.path.join(self.dir, image_id, "config.json"))
-        return Image(id=image_id, repo_tags=sorted(t for t, i in tags.items() if i == image_id),
-                     rootfs=os.path.join(self.dir, image_id, "rootfs"),
-                     config=data.get("config", {}), created=data.get("created", ""))
+        return Image(
+            id=image_id,
+            repo_tags=sorted(t for t, i in tags.items() if i == image_id),
+            rootfs=os.path.join(self.dir, image_id, "rootfs"),
+            config=data.get("config", {}),
+            created=data.get("created", ""),
+        )
 
     def _ids(self) -> list[str]:
         if not os.path.isdir(self.dir):

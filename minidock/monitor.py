@@ -19,6 +19,7 @@ only the runtime and the log writer, to stay lean (one per container).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -41,8 +42,14 @@ from minidock.state import Status
 
 _READ_SIZE = 65536
 #: Signals ``run`` (attached, no tty) passes on to the container, like docker's sig-proxy.
-PROXIED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                   signal.SIGUSR1, signal.SIGUSR2)
+PROXIED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 
 @dataclass
@@ -64,7 +71,7 @@ def _copy_window_size(source: int, target: int) -> None:
 
 def _write_all(fd: int, data: bytes) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 class Monitor:
@@ -83,8 +90,11 @@ class Monitor:
         record = c.record()
         spec = store.read_json(os.path.join(c.bundle, "config.json"))
         terminal = bool(spec["process"].get("terminal"))
-        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1,
-                       reason="orphans of the container's creation are re-parented to us")
+        syscalls.prctl(
+            syscalls.PR_SET_CHILD_SUBREAPER,
+            1,
+            reason="orphans of the container's creation are re-parented to us",
+        )
         log_config = record["HostConfig"]["LogConfig"]["Config"]
         log = JsonFileWriter(c.log_path, int(log_config["max-size"]), int(log_config["max-file"]))
         interactive = self.attach is not None and self.attach.stdin is not None
@@ -111,22 +121,36 @@ class Monitor:
             for fd in set(theirs):
                 os.close(fd)
         self.pid = st.pid
-        c.update_state(Status=Status.RUNNING.value, Pid=st.pid, PidStart=st.pid_start,
-                       MonitorPid=os.getpid(),
-                       MonitorPidStart=runtime.process_start_time(os.getpid()),
-                       StartedAt=now(), ExitCode=0, OOMKilled=False, Error="")
+        c.update_state(
+            Status=Status.RUNNING.value,
+            Pid=st.pid,
+            PidStart=st.pid_start,
+            MonitorPid=os.getpid(),
+            MonitorPidStart=runtime.process_start_time(os.getpid()),
+            StartedAt=now(),
+            ExitCode=0,
+            OOMKilled=False,
+            Error="",
+        )
         ready({"ok": True, "pid": st.pid})
         status = self._supervise(ours, log, st.cgroup)
         code = exit_status(status)
         oom = self._oom_killed(st.cgroup)
         log.close()
         c.cleanup_after_exit()
-        c.update_state(Status=Status.EXITED.value, ExitCode=code, OOMKilled=oom, Pid=0,
-                       MonitorPid=0, FinishedAt=now())
+        c.update_state(
+            Status=Status.EXITED.value,
+            ExitCode=code,
+            OOMKilled=oom,
+            Pid=0,
+            MonitorPid=0,
+            FinishedAt=now(),
+        )
         return code
 
-    def _make_stdio(self, terminal: bool, interactive: bool) -> tuple[dict[str, int],
-                                                                       tuple[int, ...]]:
+    def _make_stdio(
+        self, terminal: bool, interactive: bool
+    ) -> tuple[dict[str, int], tuple[int, ...]]:
         """Pipes for the container's stdin/stdout/stderr: our ends, and theirs (0, 1, 2)."""
         if terminal:
             return {}, ()
@@ -199,10 +223,8 @@ class Monitor:
             return
 
         def forward(signum: int, _frame: object) -> None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
 
         for sig in PROXIED_SIGNALS:
             signal.signal(sig, forward)

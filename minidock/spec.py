@@ -11,31 +11,46 @@ from __future__ import annotations
 import os
 import stat
 
+from cgroups.limits import cpus_to_quota
 from minidock import caps
 
 OCI_VERSION = "1.0.2"
 
 #: Docker's maskedPaths: files get /dev/null bound over them, directories an empty tmpfs.
 MASKED_PATHS = [
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ]
 #: Docker's readonlyPaths: still visible, but read-only.
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 #: The device nodes every container gets in its /dev (moby oci/devices_linux.go).
 DEFAULT_DEVICES = [
-    ("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7),
-    ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0),
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
 ]
 #: Device cgroup: deny everything, then allow these (runc's AllowedDevices + Docker's list).
 DEFAULT_DEVICE_RULES = [
     {"allow": False, "access": "rwm"},
     {"allow": True, "type": "c", "major": -1, "minor": -1, "access": "m"},
     {"allow": True, "type": "b", "major": -1, "minor": -1, "access": "m"},
-    *({"allow": True, "type": "c", "major": ma, "minor": mi, "access": "rwm"}
-      for _, ma, mi in DEFAULT_DEVICES),
+    *(
+        {"allow": True, "type": "c", "major": ma, "minor": mi, "access": "rwm"}
+        for _, ma, mi in DEFAULT_DEVICES
+    ),
     {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},  # /dev/console
     {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # /dev/ptmx
     {"allow": True, "type": "c", "major": 136, "minor": -1, "access": "rwm"},  # /dev/pts/*
@@ -60,8 +75,13 @@ def command_line(config: dict, image_config: dict) -> list[str]:
 def environment(config: dict, image_config: dict, hostname: str) -> list[str]:
     """Image ENV, overridden by ``-e``; PATH, HOSTNAME (and TERM with a tty) as Docker sets."""
     env: dict[str, str] = {}
-    for entry in [DEFAULT_PATH_ENV, f"HOSTNAME={hostname}", *(image_config.get("Env") or []),
-                  *(["TERM=xterm"] if config.get("Tty") else []), *(config.get("Env") or [])]:
+    for entry in [
+        DEFAULT_PATH_ENV,
+        f"HOSTNAME={hostname}",
+        *(image_config.get("Env") or []),
+        *(["TERM=xterm"] if config.get("Tty") else []),
+        *(config.get("Env") or []),
+    ]:
         key, _, value = entry.partition("=")
         env[key] = value
     return [f"{k}={v}" for k, v in env.items()]
@@ -72,26 +92,58 @@ def default_mounts(privileged: bool) -> list[dict]:
     the container's own view of /sys/fs/cgroup (read-only unless ``--privileged``)."""
     ro = [] if privileged else ["ro"]
     return [
-        {"destination": "/proc", "type": "proc", "source": "proc",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", *ro]},
-        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["nosuid", "noexec", "nodev", "relatime", *ro]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {
+            "destination": "/proc",
+            "type": "proc",
+            "source": "proc",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", *ro],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", *ro],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
     ]
 
 
 def bind_mount(source: str, destination: str, read_only: bool) -> dict:
-    return {"destination": destination, "type": "bind", "source": source,
-            "options": ["rbind", "rprivate", "ro" if read_only else "rw"]}
+    return {
+        "destination": destination,
+        "type": "bind",
+        "source": source,
+        "options": ["rbind", "rprivate", "ro" if read_only else "rw"],
+    }
 
 
 def host_devices() -> list[dict]:
@@ -100,9 +152,17 @@ def host_devices() -> list[dict]:
     for entry in sorted(os.scandir("/dev"), key=lambda e: e.name):
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            devices.append({"path": entry.path, "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
-                            "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
-                            "fileMode": stat.S_IMODE(st.st_mode), "uid": 0, "gid": 0})
+            devices.append(
+                {
+                    "path": entry.path,
+                    "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
+                    "major": os.major(st.st_rdev),
+                    "minor": os.minor(st.st_rdev),
+                    "fileMode": stat.S_IMODE(st.st_mode),
+                    "uid": 0,
+                    "gid": 0,
+                }
+            )
     return devices
 
 
@@ -135,8 +195,7 @@ def resources(host_config: dict) -> dict:
         res["memory"] = memory
     cpu: dict = {}
     if host_config.get("NanoCpus"):
-        cpu["period"] = 100_000
-        cpu["quota"] = host_config["NanoCpus"] * 100_000 // 1_000_000_000
+        cpu["quota"], cpu["period"] = cpus_to_quota(host_config["NanoCpus"] / 1_000_000_000)
     if host_config.get("CpuShares"):
         cpu["shares"] = host_config["CpuShares"]
     if cpu:
@@ -157,10 +216,18 @@ def namespaces(network_mode: str, network_path: str | None) -> list[dict]:
     return result
 
 
-def build(container: dict, image_config: dict, *, rootfs: str, cgroup_path: str,
-          identity: tuple[int, int, list[int]], etc_files: dict[str, str],
-          network_path: str | None, host_hard_limits: dict[str, int],
-          host_caps: list[str] | None = None) -> dict:
+def build(
+    container: dict,
+    image_config: dict,
+    *,
+    rootfs: str,
+    cgroup_path: str,
+    identity: tuple[int, int, list[int]],
+    etc_files: dict[str, str],
+    network_path: str | None,
+    host_hard_limits: dict[str, int],
+    host_caps: list[str] | None = None,
+) -> dict:
     """The complete OCI spec for one container.
 
     ``container`` is the engine's record (Docker-shaped ``Config`` and ``HostConfig``),
@@ -170,17 +237,31 @@ def build(container: dict, image_config: dict, *, rootfs: str, cgroup_path: str,
     """
     config, host = container["Config"], container["HostConfig"]
     privileged = bool(host.get("Privileged"))
-    capabilities = caps.resolve(host.get("CapAdd") or [], host.get("CapDrop") or [], privileged,
-                                host_caps)
+    capabilities = caps.resolve(
+        host.get("CapAdd") or [], host.get("CapDrop") or [], privileged, host_caps
+    )
     uid, gid, groups = identity
     mounts = default_mounts(privileged)
     mounts += [bind_mount(src, dst, read_only=False) for dst, src in sorted(etc_files.items())]
     for bind in host.get("Binds") or []:
         source, destination, *mode = bind.split(":")
         mounts.append(bind_mount(source, destination, read_only=mode == ["ro"]))
-    devices = host_devices() if privileged else [
-        {"path": p, "type": "c", "major": ma, "minor": mi, "fileMode": 0o666, "uid": 0, "gid": 0}
-        for p, ma, mi in DEFAULT_DEVICES]
+    devices = (
+        host_devices()
+        if privileged
+        else [
+            {
+                "path": p,
+                "type": "c",
+                "major": ma,
+                "minor": mi,
+                "fileMode": 0o666,
+                "uid": 0,
+                "gid": 0,
+            }
+            for p, ma, mi in DEFAULT_DEVICES
+        ]
+    )
     annotations = {"org.minidock.name": container["Name"].lstrip("/")}
     if host.get("Init"):
         annotations["org.minidock.init"] = "true"
@@ -193,8 +274,11 @@ def build(container: dict, image_config: dict, *, rootfs: str, cgroup_path: str,
             "env": environment(config, image_config, config["Hostname"]),
             "cwd": config.get("WorkingDir") or image_config.get("WorkingDir") or "/",
             "capabilities": {
-                "bounding": capabilities, "effective": capabilities, "permitted": capabilities,
-                "inheritable": [], "ambient": [],
+                "bounding": capabilities,
+                "effective": capabilities,
+                "permitted": capabilities,
+                "inheritable": [],
+                "ambient": [],
             },
             "rlimits": rlimits(host.get("Ulimits") or [], host_hard_limits),
             "noNewPrivileges": False,

@@ -100,5 +100,9 @@ def can_delete(status: Status) -> bool:
 def oci_status(status: Status) -> str:
     """The OCI runtime spec's name for a status (``exited`` is ``stopped`` there; a paused
     container is still ``running`` as far as the OCI state is concerned)."""
-    return {Status.CREATED: "created", Status.RUNNING: "running",
-            Status.PAUSED: "running", Status.EXITED: "stopped"}[status]
+    return {
+        Status.CREATED: "created",
+        Status.RUNNING: "running",
+        Status.PAUSED: "running",
+        Status.EXITED: "stopped",
+    }[status]

@@ -158,24 +158,39 @@ def unshare(flags: int, reason: str = "") -> None:
 def setns(fd: int, nstype: int, reason: str = "") -> None:
     """Join the namespace that ``fd`` (an open /proc/<pid>/ns/* file) refers to (setns(2))."""
     _narrate(lambda: f"setns({fd}, {flag_names(nstype, _CLONE_TABLE)})", reason)
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns",
-           flag_names(nstype, _CLONE_TABLE))
+    _check(
+        _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)),
+        "setns",
+        flag_names(nstype, _CLONE_TABLE),
+    )
 
 
 # --- mounts -----------------------------------------------------------------------------------
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
-          data: str | None = None, reason: str = "") -> None:
+def mount(
+    source: str | None,
+    target: str,
+    fstype: str | None,
+    flags: int = 0,
+    data: str | None = None,
+    reason: str = "",
+) -> None:
     """Attach a filesystem, or change a mount's flags or propagation (mount(2))."""
-    _narrate(lambda: f'mount("{source or ""}", "{target}", "{fstype or ""}", '
-                     f'{flag_names(flags, _MS_TABLE)}, "{data or ""}")', reason)
+    _narrate(
+        lambda: (
+            f'mount("{source or ""}", "{target}", "{fstype or ""}", '
+            f'{flag_names(flags, _MS_TABLE)}, "{data or ""}")'
+        ),
+        reason,
+    )
     result = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
     _check(result, "mount", f"{source or fstype or ''} on {target}")
 
 
 def umount2(target: str, flags: int = 0, reason: str = "") -> None:
     """Detach the filesystem mounted at ``target`` (umount2(2)); MNT_DETACH does it lazily."""
-    _narrate(lambda: f'umount2("{target}", {"MNT_DETACH" if flags & MNT_DETACH else flags})',
-             reason)
+    _narrate(
+        lambda: f'umount2("{target}", {"MNT_DETACH" if flags & MNT_DETACH else flags})', reason
+    )
     _check(_libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)
 
 
@@ -200,9 +215,17 @@ def sethostname(name: str, reason: str = "") -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, reason: str = "") -> int:
     """Change a per-process attribute (prctl(2)): dumpable, subreaper, no_new_privs, caps…"""
     _narrate(lambda: f"prctl({_PRCTL_NAMES.get(option, option)}, {arg2}, {arg3})", reason)
-    return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
-                              ctypes.c_ulong(0), ctypes.c_ulong(0)),
-                  "prctl", _PRCTL_NAMES.get(option, str(option)))
+    return _check(
+        _libc.prctl(
+            ctypes.c_int(option),
+            ctypes.c_ulong(arg2),
+            ctypes.c_ulong(arg3),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        ),
+        "prctl",
+        _PRCTL_NAMES.get(option, str(option)),
+    )
 
 
 class _CapHeader(ctypes.Structure):
@@ -210,8 +233,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 def capset(effective: int, permitted: int, inheritable: int, reason: str = "") -> None:
@@ -219,8 +245,13 @@ def capset(effective: int, permitted: int, inheritable: int, reason: str = "") -
 
     Each set is a 64-bit mask (bit N = capability N), split across two 32-bit words.
     """
-    _narrate(lambda: f"capset(effective={effective:#x}, permitted={permitted:#x}, "
-                     f"inheritable={inheritable:#x})", reason)
+    _narrate(
+        lambda: (
+            f"capset(effective={effective:#x}, permitted={permitted:#x}, "
+            f"inheritable={inheritable:#x})"
+        ),
+        reason,
+    )
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     for word in (0, 1):
@@ -238,14 +269,23 @@ def close_range_cloexec(first: int, reason: str = "") -> None:
     container's program (the runc CVE-2024-21626 class of leak).
     """
     _narrate(lambda: f"close_range({first}, ~0U, CLOSE_RANGE_CLOEXEC)", reason)
-    _check(_libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
-                         ctypes.c_uint(CLOSE_RANGE_CLOEXEC)), "close_range")
+    _check(
+        _libc.syscall(
+            _SYS_CLOSE_RANGE,
+            ctypes.c_uint(first),
+            ctypes.c_uint(0xFFFFFFFF),
+            ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
+        ),
+        "close_range",
+    )
 
 
 def mknod(path: str, mode: int, device: int, reason: str = "") -> None:
     """Create a device node (mknod(2)); ``device`` is ``os.makedev(major, minor)``."""
-    _narrate(lambda: f'mknod("{path}", {mode:#o}, makedev({os.major(device)}, '
-                     f'{os.minor(device)}))', reason)
+    _narrate(
+        lambda: f'mknod("{path}", {mode:#o}, makedev({os.major(device)}, {os.minor(device)}))',
+        reason,
+    )
     try:
         os.mknod(path, mode, device)
     except OSError as exc:
@@ -280,8 +320,11 @@ def set_identity(uid: int, gid: int, additional_gids: list[int], reason: str = "
 
 
 class _IfReq(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char * 16), ("flags", ctypes.c_short),
-                ("pad", ctypes.c_char * 22)]
+    _fields_ = [
+        ("name", ctypes.c_char * 16),
+        ("flags", ctypes.c_short),
+        ("pad", ctypes.c_char * 22),
+    ]
 
 
 _SIOCGIFFLAGS = 0x8913

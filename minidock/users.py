@@ -13,8 +13,11 @@ from minidock.runtime.rootfs import resolve_in_root
 def _entries(rootfs: str, name: str) -> list[list[str]]:
     try:
         with open(resolve_in_root(rootfs, f"/etc/{name}")) as f:
-            return [line.rstrip("\n").split(":") for line in f if line.strip()
-                    and not line.startswith("#")]
+            return [
+                line.rstrip("\n").split(":")
+                for line in f
+                if line.strip() and not line.startswith("#")
+            ]
     except OSError:
         return []
 
@@ -44,8 +47,15 @@ def resolve(rootfs: str, user: str) -> tuple[int, int, list[int]]:
                 break
         else:
             if not group.isdigit():
-                raise InvalidArgument(f"unable to find group {group}: no matching entries in group file")
+                raise InvalidArgument(
+                    f"unable to find group {group}: no matching entries in group file"
+                )
             gid = int(group)
-    extra = sorted({int(e[2]) for e in groups if len(e) >= 4 and login
-                    and login in e[3].split(",") and int(e[2]) != gid})
+    extra = sorted(
+        {
+            int(e[2])
+            for e in groups
+            if len(e) >= 4 and login and login in e[3].split(",") and int(e[2]) != gid
+        }
+    )
     return uid, gid, extra

@@ -4,6 +4,7 @@ container, mount, cgroup and process it made — even when the test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -21,8 +22,9 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root and a real
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A busybox root filesystem built once per session by the sample recipe."""
     out = tmp_path_factory.mktemp("samples") / "busybox"
-    subprocess.run([str(REPO / "rootfs-samples/busybox/build.sh"), str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(REPO / "rootfs-samples/busybox/build.sh"), str(out)], check=True, capture_output=True
+    )
     return str(out)
 
 
@@ -32,17 +34,30 @@ class Minidock:
     def __init__(self, root: str, cgroup_parent: str) -> None:
         self.root = root
         self.cgroup_parent = cgroup_parent
-        self.env = {**os.environ, "MINIDOCK_ROOT": root, "MINIDOCK_CGROUP_PARENT": cgroup_parent,
-                    "PYTHONPATH": str(REPO)}
+        self.env = {
+            **os.environ,
+            "MINIDOCK_ROOT": root,
+            "MINIDOCK_CGROUP_PARENT": cgroup_parent,
+            "PYTHONPATH": str(REPO),
+        }
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120,
-                 input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "minidock", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL, cwd="/")
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "minidock", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            cwd="/",
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"minidock {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}{proc.stderr}")
+            raise AssertionError(
+                f"minidock {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+            )
         return proc
 
     @property
@@ -65,15 +80,11 @@ class Minidock:
 
         engine = self.engine
         for c in engine.containers():
-            try:
+            with contextlib.suppress(Exception):  # keep cleaning up whatever fails
                 engine.remove(c, force=True)
-            except Exception:  # noqa: BLE001 — keep cleaning up
-                pass
         for cid in runtime.list_ids(engine.paths.runtime):
-            try:
+            with contextlib.suppress(runtime.ContainerNotFound):
                 runtime.delete(engine.paths.runtime, cid, force=True)
-            except runtime.ContainerNotFound:
-                pass
         with open("/proc/self/mountinfo") as f:
             leftovers = [line.split()[4] for line in f if self.root in line.split()[4]]
         for target in reversed(leftovers):

@@ -1,4 +1,5 @@
-"""The OCI runtime: runs any bundle (``config.json`` + rootfs) through create → start → kill → delete.
+"""The OCI runtime: takes any bundle (``config.json`` + rootfs) through create → start → kill
+→ delete.
 
 This is the part runc and crun play under Docker and Podman (runtime-spec ``runtime.md``):
 
@@ -59,9 +60,14 @@ class OciState:
 
     def to_oci(self) -> dict:
         """The JSON ``minidock runtime state`` prints, shaped exactly like runc's."""
-        data: dict = {"ociVersion": OCI_VERSION, "id": self.id, "status": oci_status(self.status),
-                      "bundle": self.bundle, "created": self.created,
-                      "annotations": self.annotations}
+        data: dict = {
+            "ociVersion": OCI_VERSION,
+            "id": self.id,
+            "status": oci_status(self.status),
+            "bundle": self.bundle,
+            "created": self.created,
+            "annotations": self.annotations,
+        }
         if self.status in (Status.CREATED, Status.RUNNING):
             data["pid"] = self.pid
         return data
@@ -75,7 +81,7 @@ def process_start_time(pid: int) -> int:
             data = f.read()
     except OSError:
         return 0
-    return int(data[data.rindex(b")") + 2:].split()[19])
+    return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
 def is_alive(pid: int, start_time: int) -> bool:
@@ -85,7 +91,7 @@ def is_alive(pid: int, start_time: int) -> bool:
             data = f.read()
     except OSError:
         return False
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     return fields[0] != b"Z" and int(fields[19]) == start_time
 
 
@@ -114,12 +120,21 @@ def limits_from_spec(resources: dict) -> cgroups.Limits:
     """Translate the spec's ``linux.resources`` into the cgroups library's limits."""
     memory = resources.get("memory", {})
     cpu = resources.get("cpu", {})
-    rules = [f"{d.get('type', 'a')} {_dev_num(d.get('major'))}:{_dev_num(d.get('minor'))} "
-             f"{d.get('access', 'rwm')}" for d in resources.get("devices", []) if d.get("allow")]
-    return cgroups.Limits(memory=memory.get("limit"), memory_swap=memory.get("swap"),
-                          cpu_quota=cpu.get("quota"), cpu_period=cpu.get("period"),
-                          cpu_shares=cpu.get("shares"),
-                          pids=resources.get("pids", {}).get("limit"), device_rules=rules)
+    rules = [
+        f"{d.get('type', 'a')} {_dev_num(d.get('major'))}:{_dev_num(d.get('minor'))} "
+        f"{d.get('access', 'rwm')}"
+        for d in resources.get("devices", [])
+        if d.get("allow")
+    ]
+    return cgroups.Limits(
+        memory=memory.get("limit"),
+        memory_swap=memory.get("swap"),
+        cpu_quota=cpu.get("quota"),
+        cpu_period=cpu.get("period"),
+        cpu_shares=cpu.get("shares"),
+        pids=resources.get("pids", {}).get("limit"),
+        device_rules=rules,
+    )
 
 
 def _dev_num(n: int | None) -> str:
@@ -146,19 +161,30 @@ def _fork_into_pid_namespace(spec: dict) -> int:
             finally:
                 os.close(target)
         else:
-            syscalls.unshare(syscalls.CLONE_NEWPID,
-                             reason="the next child is PID 1 of a new PID namespace")
+            syscalls.unshare(
+                syscalls.CLONE_NEWPID, reason="the next child is PID 1 of a new PID namespace"
+            )
         pid = os.fork()
         if pid != 0:
-            syscalls.setns(own, syscalls.CLONE_NEWPID,
-                           reason="later children go back to the host's PID namespace")
+            syscalls.setns(
+                own,
+                syscalls.CLONE_NEWPID,
+                reason="later children go back to the host's PID namespace",
+            )
         return pid
     finally:
         os.close(own)
 
 
-def create(root: str, cid: str, bundle: str, *, stdio: tuple[int, int, int] | None = None,
-           console: socket.socket | None = None, pid_file: str | None = None) -> OciState:
+def create(
+    root: str,
+    cid: str,
+    bundle: str,
+    *,
+    stdio: tuple[int, int, int] | None = None,
+    console: socket.socket | None = None,
+    pid_file: str | None = None,
+) -> OciState:
     """Create the container ``cid`` from ``bundle`` and leave it waiting in ``created``.
 
     ``stdio`` are the descriptors the container's program gets as 0, 1, 2 (default: ours).
@@ -189,8 +215,11 @@ def create(root: str, cid: str, bundle: str, *, stdio: tuple[int, int, int] | No
         cgroup_name = linux.get("cgroupsPath", "").strip("/")
         if cgroup_name:
             cgroup = cgroups.create(cgroup_name, limits_from_spec(linux.get("resources", {})))
-        ns_fds = {ns["type"]: os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-                  for ns in linux.get("namespaces", []) if ns.get("path") and ns["type"] != "pid"}
+        ns_fds = {
+            ns["type"]: os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+            for ns in linux.get("namespaces", [])
+            if ns.get("path") and ns["type"] != "pid"
+        }
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = _fork_into_pid_namespace(spec)
         if pid == 0:
@@ -198,8 +227,9 @@ def create(root: str, cid: str, bundle: str, *, stdio: tuple[int, int, int] | No
             if stdio is not None:
                 for target, fd in enumerate(stdio):
                     os.dup2(fd, target)
-            container_init(spec, child_sock, fifo_fd, console,
-                           cgroup.paths() if cgroup else {}, ns_fds)
+            container_init(
+                spec, child_sock, fifo_fd, console, cgroup.paths() if cgroup else {}, ns_fds
+            )
         child_sock.close()
         os.close(fifo_fd)
         for fd in ns_fds.values():
@@ -211,14 +241,29 @@ def create(root: str, cid: str, bundle: str, *, stdio: tuple[int, int, int] | No
             reply = receive(parent_sock)
         if reply.get("type") != "ready":
             raise _error_from(reply)
-        st = OciState(id=cid, status=Status.CREATED, pid=pid, bundle=bundle,
-                      created=_now_rfc3339(), cgroup=cgroup_name,
-                      pid_start=process_start_time(pid),
-                      annotations=spec.get("annotations", {}))
-        store.write_json(os.path.join(state_dir, "state.json"), {
-            "id": st.id, "status": st.status.value, "pid": st.pid, "bundle": st.bundle,
-            "created": st.created, "cgroup": st.cgroup, "pid_start": st.pid_start,
-            "annotations": st.annotations})
+        st = OciState(
+            id=cid,
+            status=Status.CREATED,
+            pid=pid,
+            bundle=bundle,
+            created=_now_rfc3339(),
+            cgroup=cgroup_name,
+            pid_start=process_start_time(pid),
+            annotations=spec.get("annotations", {}),
+        )
+        store.write_json(
+            os.path.join(state_dir, "state.json"),
+            {
+                "id": st.id,
+                "status": st.status.value,
+                "pid": st.pid,
+                "bundle": st.bundle,
+                "created": st.created,
+                "cgroup": st.cgroup,
+                "pid_start": st.pid_start,
+                "annotations": st.annotations,
+            },
+        )
         if pid_file:
             with open(pid_file, "w") as f:
                 f.write(str(pid))
@@ -337,4 +382,6 @@ def delete(root: str, cid: str, force: bool = False) -> None:
 
 def list_ids(root: str) -> list[str]:
     """IDs of the containers this runtime root holds."""
-    return sorted(d for d in os.listdir(root) if not d.startswith(".")) if os.path.isdir(root) else []
+    return (
+        sorted(d for d in os.listdir(root) if not d.startswith(".")) if os.path.isdir(root) else []
+    )

@@ -45,18 +45,29 @@ def receive(sock: socket.socket) -> dict:
     return json.loads(data)
 
 
-def container_init(spec: dict, sync: socket.socket, fifo_fd: int,
-                   console: socket.socket | None, cgroup_paths: dict[str, str],
-                   ns_fds: dict[str, int]) -> None:
+def container_init(
+    spec: dict,
+    sync: socket.socket,
+    fifo_fd: int,
+    console: socket.socket | None,
+    cgroup_paths: dict[str, str],
+    ns_fds: dict[str, int],
+) -> None:
     """Body of the forked child. Never returns: execs the program, or exits on error."""
     try:
-        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL,
-                       reason="die with the runtime if it dies during setup")
+        syscalls.prctl(
+            syscalls.PR_SET_PDEATHSIG,
+            signal.SIGKILL,
+            reason="die with the runtime if it dies during setup",
+        )
         if receive(sync).get("type") != "go":
             os._exit(1)
         _enter_namespaces(spec, ns_fds)
-        syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0,
-                       reason="hide this host python from /proc/<pid>/exe (CVE-2019-5736)")
+        syscalls.prctl(
+            syscalls.PR_SET_DUMPABLE,
+            0,
+            reason="hide this host python from /proc/<pid>/exe (CVE-2019-5736)",
+        )
         _build_rootfs(spec, cgroup_paths)
         process = spec["process"]
         if process.get("terminal"):
@@ -65,12 +76,16 @@ def container_init(spec: dict, sync: socket.socket, fifo_fd: int,
         program = _find_program(process)
         send(sync, {"type": "ready"})
         sync.close()
+        syscalls.prctl(
+            syscalls.PR_SET_PDEATHSIG,
+            0,
+            reason="created: the container outlives the command that created it",
+        )
         # Blocks here, in OCI state "created", until `start` opens the FIFO's read end.
         fifo = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
         os.write(fifo, b"0")
         os.close(fifo)
         os.close(fifo_fd)
-        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 0, reason="the container outlives its creator")
         syscalls.close_range_cloexec(3, reason="no host descriptor may reach the program")
         env = dict(e.split("=", 1) for e in process.get("env", []) if "=" in e)
         if spec.get("annotations", {}).get("org.minidock.init") == "true":
@@ -100,8 +115,9 @@ def _enter_namespaces(spec: dict, ns_fds: dict[str, int]) -> None:
     """Join the namespaces given by path, then unshare the new ones (except PID: the parent
     already created that one by forking us into it)."""
     for kind, fd in ns_fds.items():
-        syscalls.setns(fd, syscalls.NAMESPACE_FLAGS[kind],
-                       reason=f"join an existing {kind} namespace")
+        syscalls.setns(
+            fd, syscalls.NAMESPACE_FLAGS[kind], reason=f"join an existing {kind} namespace"
+        )
         os.close(fd)
     flags = 0
     for ns in spec["linux"].get("namespaces", []):
@@ -148,8 +164,13 @@ def _open_console(console: socket.socket | None) -> None:
     console_path = "/dev/console"
     if not os.path.exists(console_path):
         os.close(os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-    syscalls.mount(os.ttyname(slave), console_path, None, syscalls.MS_BIND,
-                   reason="/dev/console is the container's terminal")
+    syscalls.mount(
+        os.ttyname(slave),
+        console_path,
+        None,
+        syscalls.MS_BIND,
+        reason="/dev/console is the container's terminal",
+    )
     os.close(slave)
 
 
@@ -171,8 +192,9 @@ def _set_process_attributes(spec: dict) -> None:
     if not os.getcwd().startswith("/"):  # the kernel says "(unreachable)/…" outside the root
         raise InvalidArgument(f"working directory {cwd} is outside the container")
     if process.get("noNewPrivileges"):
-        syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1,
-                       reason="setuid binaries can no longer gain privileges")
+        syscalls.prctl(
+            syscalls.PR_SET_NO_NEW_PRIVS, 1, reason="setuid binaries can no longer gain privileges"
+        )
 
 
 def _set_capabilities_and_user(process: dict) -> None:
@@ -188,15 +210,20 @@ def _set_capabilities_and_user(process: dict) -> None:
     user = process.get("user", {})
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1, reason="keep capabilities across setuid")
-    syscalls.set_identity(uid, gid, user.get("additionalGids", []),
-                          reason="become the container's user")
-    syscalls.capset(caps.mask(sets.get("effective", [])), caps.mask(sets.get("permitted", [])),
-                    caps.mask(sets.get("inheritable", [])),
-                    reason="the container's capability sets")
+    syscalls.set_identity(
+        uid, gid, user.get("additionalGids", []), reason="become the container's user"
+    )
+    syscalls.capset(
+        caps.mask(sets.get("effective", [])),
+        caps.mask(sets.get("permitted", [])),
+        caps.mask(sets.get("inheritable", [])),
+        reason="the container's capability sets",
+    )
     syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     for name in sets.get("ambient", []):
-        syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE,
-                       caps.CAPABILITIES[name])
+        syscalls.prctl(
+            syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_RAISE, caps.CAPABILITIES[name]
+        )
 
 
 def _find_program(process: dict) -> str:

@@ -17,6 +17,7 @@ container and nothing of the host is reachable through ``/proc/1/exe``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -24,9 +25,21 @@ from minidock import syscalls
 
 #: Signals the reaper keeps for itself: SIGCHLD drives reaping; the rest cannot be caught
 #: or are synchronous faults that must not be blocked.
-_NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV,
-                  signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGTRAP,
-                  signal.SIGSYS, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP}
+_NOT_FORWARDED = {
+    signal.SIGCHLD,
+    signal.SIGKILL,
+    signal.SIGSTOP,
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGILL,
+    signal.SIGFPE,
+    signal.SIGABRT,
+    signal.SIGTRAP,
+    signal.SIGSYS,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGTSTP,
+}
 
 
 def exit_status(status: int) -> int:
@@ -53,10 +66,8 @@ def run_reaper(program: str, args: list[str], env: dict[str, str]) -> None:
         info = signal.sigwaitinfo(catchable)
         if info.si_signo != signal.SIGCHLD:
             if info.si_signo not in _NOT_FORWARDED:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(child, info.si_signo)
-                except ProcessLookupError:
-                    pass
             continue
         while True:
             try:

@@ -106,14 +106,24 @@ def _make_target(target: str, like_file: bool) -> None:
 
 def make_private() -> None:
     """Stop mount events propagating between this mount namespace and the host's."""
-    syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE,
-                   reason="make every mount private: nothing we mount reaches the host")
+    syscalls.mount(
+        None,
+        "/",
+        None,
+        MS_REC | MS_PRIVATE,
+        reason="make every mount private: nothing we mount reaches the host",
+    )
 
 
 def bind_rootfs(rootfs: str) -> None:
     """Bind the rootfs onto itself: pivot_root(2) requires the new root to be a mount point."""
-    syscalls.mount(rootfs, rootfs, None, MS_BIND | MS_REC,
-                   reason="pivot_root needs the new root to be a mount point")
+    syscalls.mount(
+        rootfs,
+        rootfs,
+        None,
+        MS_BIND | MS_REC,
+        reason="pivot_root needs the new root to be a mount point",
+    )
 
 
 def mount_one(rootfs: str, m: dict, cgroup_paths: dict[str, str]) -> None:
@@ -126,19 +136,30 @@ def mount_one(rootfs: str, m: dict, cgroup_paths: dict[str, str]) -> None:
         if not os.path.exists(source):
             raise InvalidArgument(f"bind source path does not exist: {source}")
         _make_target(target, like_file=not os.path.isdir(source))
-        syscalls.mount(source, target, None, flags & (MS_BIND | MS_REC),
-                       reason=f"bind {source} into the container at {m['destination']}")
+        syscalls.mount(
+            source,
+            target,
+            None,
+            flags & (MS_BIND | MS_REC),
+            reason=f"bind {source} into the container at {m['destination']}",
+        )
         extra = flags & ~(MS_BIND | MS_REC)
         if extra:
-            syscalls.mount(None, target, None, MS_BIND | MS_REMOUNT | extra,
-                           reason="bind mounts take their flags (ro, nosuid…) in a remount")
+            syscalls.mount(
+                None,
+                target,
+                None,
+                MS_BIND | MS_REMOUNT | extra,
+                reason="bind mounts take their flags (ro, nosuid…) in a remount",
+            )
         return
     _make_target(target, like_file=False)
     if fstype == "cgroup":
         _mount_cgroups(target, flags, cgroup_paths)
         return
-    syscalls.mount(source, target, fstype, flags, data or None,
-                   reason=f"mount {fstype} at {m['destination']}")
+    syscalls.mount(
+        source, target, fstype, flags, data or None, reason=f"mount {fstype} at {m['destination']}"
+    )
 
 
 def _mount_cgroups(target: str, flags: int, cgroup_paths: dict[str, str]) -> None:
@@ -149,18 +170,40 @@ def _mount_cgroups(target: str, flags: int, cgroup_paths: dict[str, str]) -> Non
     controller, each mounted under a tmpfs like the host's layout.
     """
     if "" in cgroup_paths:
-        syscalls.mount("cgroup2", target, "cgroup2", flags | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                       reason="the container's own cgroup v2 tree (cgroup namespace root)")
+        syscalls.mount(
+            "cgroup2",
+            target,
+            "cgroup2",
+            flags | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            reason="the container's own cgroup v2 tree (cgroup namespace root)",
+        )
         return
-    syscalls.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755",
-                   reason="a tmpfs to hold one mount per cgroup v1 controller")
+    syscalls.mount(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=755",
+        reason="a tmpfs to hold one mount per cgroup v1 controller",
+    )
     for controller in sorted(cgroup_paths):
         sub = os.path.join(target, controller)
         os.makedirs(sub, exist_ok=True)
-        syscalls.mount("cgroup", sub, "cgroup", flags | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                       controller, reason=f"the container's own {controller} cgroup (v1)")
-    syscalls.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID |
-                   MS_NODEV | MS_NOEXEC, reason="the cgroup tmpfs is read-only")
+        syscalls.mount(
+            "cgroup",
+            sub,
+            "cgroup",
+            flags | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            controller,
+            reason=f"the container's own {controller} cgroup (v1)",
+        )
+    syscalls.mount(
+        None,
+        target,
+        None,
+        MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        reason="the cgroup tmpfs is read-only",
+    )
 
 
 def create_devices(rootfs: str, devices: list[dict]) -> None:
@@ -170,14 +213,22 @@ def create_devices(rootfs: str, devices: list[dict]) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         kind = stat.S_IFCHR if dev["type"] == "c" else stat.S_IFBLK
         mode = dev.get("fileMode", 0o666)
-        syscalls.mknod(path, kind | mode, os.makedev(dev["major"], dev["minor"]),
-                       reason=f"device node {dev['path']}")
+        syscalls.mknod(
+            path,
+            kind | mode,
+            os.makedev(dev["major"], dev["minor"]),
+            reason=f"device node {dev['path']}",
+        )
         os.chmod(path, mode)
         os.chown(path, dev.get("uid", 0), dev.get("gid", 0))
     dev_dir = resolve_in_root(rootfs, "/dev")
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("ptmx", "pts/ptmx")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ):
         link = os.path.join(dev_dir, name)
         if not os.path.lexists(link):
             os.symlink(target, link)
@@ -191,10 +242,16 @@ def pivot_root(rootfs: str) -> None:
     """
     os.chdir(rootfs)
     syscalls.pivot_root(".", ".", reason="make the container's rootfs the root mount")
-    syscalls.mount(None, ".", None, MS_REC | syscalls.MS_SLAVE,
-                   reason="stop the old root's unmount propagating anywhere")
-    syscalls.umount2(".", syscalls.MNT_DETACH,
-                     reason="detach the old (host) root: host files become unreachable")
+    syscalls.mount(
+        None,
+        ".",
+        None,
+        MS_REC | syscalls.MS_SLAVE,
+        reason="stop the old root's unmount propagating anywhere",
+    )
+    syscalls.umount2(
+        ".", syscalls.MNT_DETACH, reason="detach the old (host) root: host files become unreachable"
+    )
     os.chdir("/")
 
 
@@ -209,11 +266,18 @@ def mask_paths(paths: list[str]) -> None:
         if not os.path.exists(path):
             continue
         if os.path.isdir(path):
-            syscalls.mount("tmpfs", path, "tmpfs", MS_RDONLY, None,
-                           reason=f"mask {path}: an empty read-only directory")
+            syscalls.mount(
+                "tmpfs",
+                path,
+                "tmpfs",
+                MS_RDONLY,
+                None,
+                reason=f"mask {path}: an empty read-only directory",
+            )
         else:
-            syscalls.mount("/dev/null", path, None, MS_BIND,
-                           reason=f"mask {path}: reads come from /dev/null")
+            syscalls.mount(
+                "/dev/null", path, None, MS_BIND, reason=f"mask {path}: reads come from /dev/null"
+            )
 
 
 def readonly_paths(paths: list[str]) -> None:
@@ -222,11 +286,17 @@ def readonly_paths(paths: list[str]) -> None:
         if not os.path.exists(path):
             continue
         syscalls.mount(path, path, None, MS_BIND | MS_REC, reason=f"{path} becomes read-only")
-        syscalls.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID |
-                       MS_NODEV | MS_NOEXEC, reason=f"{path} becomes read-only")
+        syscalls.mount(
+            None,
+            path,
+            None,
+            MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            reason=f"{path} becomes read-only",
+        )
 
 
 def readonly_root() -> None:
     """Remount the root filesystem read-only (``--read-only``)."""
-    syscalls.mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY,
-                   reason="the root filesystem is read-only")
+    syscalls.mount(
+        None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY, reason="the root filesystem is read-only"
+    )

@@ -33,7 +33,15 @@ def test_network_host_shares_the_host_network_namespace(md: Minidock) -> None:
 
 
 def test_network_none_has_only_loopback_up(md: Minidock) -> None:
-    out = md("run", "--rm", "busybox", "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate; ping -c1 -W1 127.0.0.1 >/dev/null && echo ping-ok").stdout
+    out = md(
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "ls /sys/class/net; cat /sys/class/net/lo/operstate;"
+        "ping -c1 -W1 127.0.0.1 >/dev/null && echo ping-ok",
+    ).stdout
     lines = out.split()
     assert lines[0] == "lo" and "ping-ok" in lines
     assert "eth0" not in lines
@@ -47,7 +55,16 @@ def test_entrypoint_is_pid_1_and_host_processes_are_invisible(md: Minidock) -> N
 
 
 def test_hostname_and_etc_files(md: Minidock) -> None:
-    out = md("run", "--rm", "-h", "box", "busybox", "sh", "-c", "hostname; cat /etc/hostname; grep box /etc/hosts").stdout
+    out = md(
+        "run",
+        "--rm",
+        "-h",
+        "box",
+        "busybox",
+        "sh",
+        "-c",
+        "hostname; cat /etc/hostname; grep box /etc/hosts",
+    ).stdout
     assert out.splitlines()[:2] == ["box", "box"]
     assert "box" in out.splitlines()[2]
 
@@ -63,13 +80,16 @@ def test_host_mounts_are_invisible_and_root_is_overlay(md: Minidock) -> None:
 
 
 def test_masked_and_readonly_proc_paths(md: Minidock) -> None:
-    script = ("cat /proc/timer_list | wc -c; ls /proc/acpi | wc -l; "
-              "echo 1 > /proc/sys/vm/drop_caches && echo writable || echo refused; "
-              "echo x > /sys/kernel/x 2>/dev/null && echo sys-writable || echo sys-refused")
+    script = (
+        "cat /proc/timer_list | wc -c; ls /proc/acpi | wc -l; "
+        "echo 1 > /proc/sys/vm/drop_caches && echo writable || echo refused; "
+        "echo x > /sys/kernel/x 2>/dev/null && echo sys-writable || echo sys-refused"
+    )
     out = md("run", "--rm", "busybox", "sh", "-c", script).stdout.split()
     assert out == ["0", "0", "refused", "sys-refused"]
-    out = md("run", "--rm", "--privileged", "busybox", "sh", "-c",
-             "cat /proc/timer_list | wc -c").stdout.split()
+    out = md(
+        "run", "--rm", "--privileged", "busybox", "sh", "-c", "cat /proc/timer_list | wc -c"
+    ).stdout.split()
     assert int(out[0]) > 0, "privileged containers are not masked"
 
 
@@ -94,8 +114,22 @@ def test_user_and_workdir_and_env(md: Minidock) -> None:
     os.makedirs(md.root, exist_ok=True)
     with open(env_file, "w") as f:
         f.write("# comment\nFROM_FILE=yes\n")
-    out = md("run", "--rm", "-u", "web", "-w", "/tmp/work", "-e", "A=1", "--env-file", env_file,
-             "busybox", "sh", "-c", "id -u; id -g; pwd; echo $A $FROM_FILE; grep CapEff /proc/self/status").stdout.split()
+    out = md(
+        "run",
+        "--rm",
+        "-u",
+        "web",
+        "-w",
+        "/tmp/work",
+        "-e",
+        "A=1",
+        "--env-file",
+        env_file,
+        "busybox",
+        "sh",
+        "-c",
+        "id -u; id -g; pwd; echo $A $FROM_FILE; grep CapEff /proc/self/status",
+    ).stdout.split()
     assert out[:6] == ["1000", "1000", "/tmp/work", "1", "yes", "CapEff:"]
     assert int(out[6], 16) == 0, "a non-root user has no effective capabilities"
 
@@ -104,9 +138,28 @@ def test_volume_bind_mount_read_write_and_read_only(md: Minidock, tmp_path) -> N
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "in.txt").write_text("from host\n")
-    md("run", "--rm", "-v", f"{shared}:/data", "busybox", "sh", "-c", "cat /data/in.txt > /data/out.txt")
+    md(
+        "run",
+        "--rm",
+        "-v",
+        f"{shared}:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/in.txt > /data/out.txt",
+    )
     assert (shared / "out.txt").read_text() == "from host\n"
-    proc = md("run", "--rm", "-v", f"{shared}:/data:ro", "busybox", "sh", "-c", "echo x > /data/no.txt", check=False)
+    proc = md(
+        "run",
+        "--rm",
+        "-v",
+        f"{shared}:/data:ro",
+        "busybox",
+        "sh",
+        "-c",
+        "echo x > /data/no.txt",
+        check=False,
+    )
     assert proc.returncode != 0 and not (shared / "no.txt").exists()
 
 
@@ -126,7 +179,9 @@ def test_rlimits_are_clamped_to_the_host(md: Minidock) -> None:
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    out = md("run", "--rm", "--ulimit", "nofile=100000000:100000000", "busybox", "sh", "-c", "ulimit -n").stdout
+    out = md(
+        "run", "--rm", "--ulimit", "nofile=100000000:100000000", "busybox", "sh", "-c", "ulimit -n"
+    ).stdout
     assert int(out) == hard
 
 

@@ -1,0 +1,99 @@
+"""Resource limits through the engine, read back from the kernel. These tests run on the
+host's backend (cgroup v1 here) and again inside the pure cgroup v2 VM (`make test-v2`)."""
+
+from __future__ import annotations
+
+import time
+
+import cgroups
+from tests.conftest import Minidock, wait_for
+
+
+def _cgroup_file(md: Minidock, name: str, v1: tuple[str, str], v2: str) -> str:
+    """Read a limit file of the container's cgroup by the backend's own file name."""
+    cid = md.inspect(name)["Id"]
+    group = cgroups.open_cgroup(f"{md.cgroup_parent}/{cid}")
+    paths = group.paths()
+    path = f"{paths['']}/{v2}" if cgroups.backend_name() == "v2" else f"{paths[v1[0]]}/{v1[1]}"
+    with open(path) as f:
+        return f.read().strip()
+
+
+def test_memory_limit_oom_kills_with_137(md: Minidock) -> None:
+    proc = md(
+        "run",
+        "--name",
+        "oom",
+        "-m",
+        "32m",
+        "busybox",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=100M",
+        "count=1",
+        check=False,
+    )
+    assert proc.returncode == 137, proc.stderr
+    state = md.inspect("oom")["State"]
+    assert state["OOMKilled"] is True
+    assert state["ExitCode"] == 137
+
+
+def test_limits_are_written_to_the_cgroup(md: Minidock) -> None:
+    md(
+        "run",
+        "-d",
+        "--name",
+        "lim",
+        "-m",
+        "64m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "64",
+        "busybox",
+        "sleep",
+        "30",
+    )
+    assert _cgroup_file(md, "lim", ("memory", "memory.limit_in_bytes"), "memory.max") == str(
+        64 << 20
+    )
+    assert _cgroup_file(md, "lim", ("pids", "pids.max"), "pids.max") == "64"
+    if cgroups.backend_name() == "v2":
+        assert _cgroup_file(md, "lim", ("", ""), "cpu.max") == "50000 100000"
+    else:
+        assert _cgroup_file(md, "lim", ("cpu", "cpu.cfs_quota_us"), "") == "50000"
+        assert _cgroup_file(md, "lim", ("cpu", "cpu.cfs_period_us"), "") == "100000"
+
+
+def test_cpus_throttle_a_busy_loop(md: Minidock) -> None:
+    md("run", "-d", "--name", "busy", "--cpus", "0.2", "busybox", "sh", "-c", "while :; do :; done")
+    _, first = md.engine.stats("busy")
+    start = time.monotonic()
+    time.sleep(1.5)
+    _, last = md.engine.stats("busy")
+    elapsed_ns = (time.monotonic() - start) * 1e9
+    share = (last.cpu_usage_ns - first.cpu_usage_ns) / elapsed_ns
+    assert last.cpu_nr_throttled > first.cpu_nr_throttled
+    assert 0.05 < share < 0.35, f"used {share:.2f} of a CPU with --cpus 0.2"
+
+
+def test_pids_limit_contains_a_fork_bomb(md: Minidock) -> None:
+    # The inner shell forks until the kernel refuses (EAGAIN), then gives up; the outer one
+    # stays as PID 1 without needing another fork (exec).
+    bomb = "sh -c 'for i in $(seq 200); do sleep 30 & done'; exec sleep 30"
+    md("run", "-d", "--name", "bomb", "--pids-limit", "20", "busybox", "sh", "-c", bomb)
+    assert wait_for(lambda: "can't fork" in md("logs", "bomb").stderr, 10)
+    pids = md.engine.stats("bomb")[1].pids_current
+    assert 18 <= pids <= 20
+    assert md.inspect("bomb")["State"]["Running"]
+    md("rm", "-f", "bomb")
+
+
+def test_rm_leaves_no_cgroup(md: Minidock) -> None:
+    cid = md("run", "-d", "--name", "gone", "-m", "16m", "busybox", "sleep", "30").stdout.strip()
+    group = cgroups.open_cgroup(f"{md.cgroup_parent}/{cid}")
+    assert group.exists()
+    md("rm", "-f", "gone")
+    assert not group.exists()

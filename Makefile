@@ -48,7 +48,8 @@ test-host:
 
 # The cgroup v2 stage: the same cgroup and limit tests, on a pure-v2 kernel in qemu.
 test-v2:
-	tests/vm/run-in-vm.sh $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration/test_cgroups.py tests/integration/test_limits.py
+	tests/vm/run-in-vm.sh $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_cgroup_limits.py \
+		tests/integration/test_cgroups.py tests/integration/test_limits.py
 
 lint:
 	$(VENV)/bin/ruff check minidock cgroups tests bench

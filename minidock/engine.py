@@ -224,7 +224,7 @@ class Engine:
         """Mount the root filesystem and write the bundle's ``config.json``."""
         record = c.record()
         image = self._image_of(record)
-        c.mount_rootfs([image.rootfs])
+        c.mount_rootfs(image.lowerdirs)
         etc = self._write_etc_files(c, record)
         network_path = None
         mode = record["HostConfig"]["NetworkMode"]
@@ -521,7 +521,7 @@ class Engine:
             "GraphDriver": {
                 "Name": "overlay",
                 "Data": {
-                    "LowerDir": self._image_of(record).rootfs,
+                    "LowerDir": ":".join(self._image_of(record).lowerdirs),
                     "UpperDir": c.path("upper"),
                     "WorkDir": c.path("work"),
                     "MergedDir": c.rootfs,

@@ -39,6 +39,11 @@ class Image:
     config: dict  # the OCI image config's "config" section: Env, Cmd, Entrypoint, …
     created: str
 
+    @property
+    def lowerdirs(self) -> list[str]:
+        """The overlayfs lower layers, topmost first (as ``lowerdir=`` takes them)."""
+        return [self.rootfs]
+
 
 def normalize_ref(ref: str) -> str:
     """``busybox`` means ``busybox:latest``; a tag is what follows the last ``:`` after the

@@ -24,6 +24,7 @@ deps:
 venv:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m compileall -q minidock cgroups  # start-up reads bytecode even if it may not write it
 	ln -sf $(VENV)/bin/minidock /usr/local/bin/minidock
 
 images:

@@ -16,7 +16,7 @@ from typing import Any
 
 from minidock import runtime, store, syscalls
 from minidock.errors import ContainerNotFound, KernelError
-from minidock.logs import format_timestamp
+from minidock.logfile import format_timestamp
 from minidock.state import Status
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Docker's "never" for StartedAt/FinishedAt

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import cgroups
-from minidock import caps, logs, parse, runtime, spec, store, users
+from minidock import caps, logfile, logs, parse, runtime, spec, store, users
 from minidock.container import Container, initial_state, now
 from minidock.errors import (
     Conflict,
@@ -69,8 +69,8 @@ class RunOptions:
     network: str = "none"
     init: bool = False
     auto_remove: bool = False
-    log_max_size: int = logs.DEFAULT_MAX_SIZE
-    log_max_files: int = logs.DEFAULT_MAX_FILES
+    log_max_size: int = logfile.DEFAULT_MAX_SIZE
+    log_max_files: int = logfile.DEFAULT_MAX_FILES
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)
     read_only: bool = False
     stop_signal: str | None = None

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from minidock import store
 from minidock.errors import Conflict, ImageNotFound, InvalidArgument
-from minidock.logs import format_timestamp
+from minidock.logfile import format_timestamp
 
 
 @dataclass

@@ -13,8 +13,10 @@ processes per container and return as soon as the container runs. The monitor:
   the cgroup), unmounts the root filesystem, and removes the container if ``--rm``.
 
 ``minidock run`` without ``-d`` runs the same code in the CLI process, attached to the
-terminal. The detached form is ``python -m minidock.monitor ROOT ID READY_FD``: it imports
-only the runtime and the log writer, to stay lean (one per container).
+terminal. Detached, it lives in three stages of one process (one PID throughout):
+``python -S -m minidock.monitor ROOT ID READY_FD`` creates and starts the container, then
+execs the lean relay loop (``relay.py``) that copies output while the container runs,
+which execs ``python -S -m minidock.monitor finish …`` to record the exit and clean up.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import contextlib
 import fcntl
 import json
 import os
-import select
 import signal
 import socket
 import struct
@@ -36,11 +37,11 @@ import cgroups
 from minidock import runtime, store, syscalls
 from minidock.container import Container, now
 from minidock.errors import MinidockError
-from minidock.logs import JsonFileWriter
+from minidock.logfile import JsonFileWriter
+from minidock.relay import relay
 from minidock.runtime.reaper import exit_status
 from minidock.state import Status
 
-_READ_SIZE = 65536
 #: Signals ``run`` (attached, no tty) passes on to the container, like docker's sig-proxy.
 PROXIED_SIGNALS = (
     signal.SIGINT,
@@ -69,16 +70,12 @@ def _copy_window_size(source: int, target: int) -> None:
         pass
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
-
-
 class Monitor:
     def __init__(self, container: Container, attach: Attach | None = None) -> None:
         self.container = container
         self.attach = attach
         self.pid = 0
+        self.cgroup = ""
 
     def run(self, ready: Callable[[dict], None]) -> int:
         """Create, start and supervise the container until its PID 1 exits.
@@ -121,6 +118,7 @@ class Monitor:
             for fd in set(theirs):
                 os.close(fd)
         self.pid = st.pid
+        self.cgroup = st.cgroup
         c.update_state(
             Status=Status.RUNNING.value,
             Pid=st.pid,
@@ -133,10 +131,32 @@ class Monitor:
             Error="",
         )
         ready({"ok": True, "pid": st.pid})
-        status = self._supervise(ours, log, st.cgroup)
-        code = exit_status(status)
-        oom = self._oom_killed(st.cgroup)
+        if self.attach is None:
+            self._become_relay(ours, record)  # never returns
+        status = self._supervise(ours, log)
         log.close()
+        return self.finish(status)
+
+    def _become_relay(self, ours: dict[str, int], record: dict) -> None:
+        """Shed the start-up's modules: exec the lean relay loop, keeping our PID, our
+        child (the container's PID 1) and the pipes, which are made inheritable."""
+        c = self.container
+        sources = []
+        for name, fd in ours.items():
+            os.set_inheritable(fd, True)
+            sources.append(f"{fd}={name}")
+        log_config = record["HostConfig"]["LogConfig"]["Config"]
+        os.execv(sys.executable, [
+            sys.executable, "-S", "-m", "minidock.relay", c.paths.root, c.id, str(self.pid),
+            c.log_path, log_config["max-size"], log_config["max-file"], *sources,
+        ])  # fmt: skip
+
+    def finish(self, status: int) -> int:
+        """PID 1 exited with wait ``status``: record it, delete the runtime's state (and
+        with it the cgroup), unmount the root filesystem. Returns the exit code."""
+        c = self.container
+        code = exit_status(status)
+        oom = self._oom_killed(self.cgroup)
         c.cleanup_after_exit()
         c.update_state(
             Status=Status.EXITED.value,
@@ -164,58 +184,17 @@ class Monitor:
             in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         return ours, (in_r, out_w, err_w)
 
-    def _supervise(self, ours: dict[str, int], log: JsonFileWriter, cgroup: str) -> int:
-        """Relay output to the log (and the terminal) until PID 1 exits; return its wait
-        status. PID 1's exit makes the kernel kill the rest of its PID namespace, so after
-        it the pipes reach end-of-file once their last writers are gone."""
-        pidfd = os.pidfd_open(self.pid)
-        sources = {fd: name for name, fd in ours.items() if name in ("stdout", "stderr", "pty")}
+    def _supervise(self, ours: dict[str, int], log: JsonFileWriter) -> int:
+        """Attached (``run`` without ``-d``): relay in this process, to the terminal too."""
         attach = self.attach
+        assert attach is not None
+        sources = {fd: name for name, fd in ours.items() if name in ("stdout", "stderr", "pty")}
         stdin_target = ours.get("pty", ours.get("stdin"))
-        if attach is not None and attach.stdin is not None and "pty" in ours:
+        if attach.stdin is not None and "pty" in ours:
             _copy_window_size(attach.stdin, ours["pty"])
-        watch_stdin = attach is not None and attach.stdin is not None
         self._install_signal_proxy("pty" in ours)
-        status: int | None = None
-        while sources:
-            fds = list(sources) + ([attach.stdin] if watch_stdin and attach else [])
-            if status is None:
-                fds.append(pidfd)
-            readable, _, _ = select.select(fds, [], [], 2.0 if status is not None else None)
-            if not readable and status is not None:
-                break  # PID 1 is gone and nothing more arrives: stop waiting for EOF
-            for fd in readable:
-                if fd == pidfd:
-                    _, status = os.waitpid(self.pid, 0)
-                elif attach is not None and fd == attach.stdin:
-                    data = os.read(fd, _READ_SIZE)
-                    if data and stdin_target is not None:
-                        _write_all(stdin_target, data)
-                    else:
-                        watch_stdin = False
-                        if "stdin" in ours:
-                            os.close(ours.pop("stdin"))
-                else:
-                    try:
-                        data = os.read(fd, _READ_SIZE)
-                    except OSError:  # EIO: the pty's last user closed it
-                        data = b""
-                    if not data:
-                        del sources[fd]
-                        os.close(fd)
-                        continue
-                    stream = "stderr" if sources[fd] == "stderr" else "stdout"
-                    log.write(stream, data)
-                    if attach is not None:
-                        _write_all(attach.stderr if stream == "stderr" else attach.stdout, data)
-        if status is None:
-            _, status = os.waitpid(self.pid, 0)
-        log.flush()
-        os.close(pidfd)
-        for name in ("stdin",):
-            if name in ours:
-                os.close(ours[name])
-        return status
+        return relay(sources, self.pid, log, terminal_out=(attach.stdout, attach.stderr),
+                     stdin=attach.stdin, stdin_target=stdin_target)  # fmt: skip
 
     def _install_signal_proxy(self, terminal: bool) -> None:
         """Attached without a tty, the user's Ctrl-C is meant for the container: pass it on."""
@@ -251,7 +230,20 @@ def remove_if_auto(container: Container) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the detached monitor: ``python -m minidock.monitor ROOT ID READY_FD``."""
+    """Entry points of the detached monitor:
+
+    * ``python -S -m minidock.monitor ROOT ID READY_FD`` — create and start the container,
+      report on READY_FD, then become the relay loop (``relay.py``);
+    * ``python -S -m minidock.monitor finish ROOT ID STATUS`` — the relay's last step.
+    """
+    if argv[0] == "finish":
+        root, cid, status = argv[1], argv[2], int(argv[3])
+        container = Container(store.Paths(root), cid)
+        monitor = Monitor(container)
+        monitor.cgroup = runtime.state(container.runtime_root, cid).cgroup
+        monitor.finish(status)
+        remove_if_auto(container)
+        return 0
     root, cid, ready_fd = argv[0], argv[1], int(argv[2])
     container = Container(store.Paths(root), cid)
 
@@ -259,7 +251,7 @@ def main(argv: list[str]) -> int:
         os.write(ready_fd, json.dumps(message).encode() + b"\n")
         os.close(ready_fd)
 
-    Monitor(container).run(ready)
+    Monitor(container).run(ready)  # returns only if the container could not start
     remove_if_auto(container)
     return 0
 

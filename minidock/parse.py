@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from types import ModuleType
 
-from minidock import logs
+from minidock import logfile
 from minidock.errors import InvalidArgument
 
 _NS = 1_000_000_000
@@ -209,7 +209,7 @@ def parse_log_opts(items: list[str]) -> tuple[int, int]:
     Docker reads max-size with SI units (10m = 10**7 bytes); minidock uses the same
     1024-based sizes as ``--memory``.
     """
-    max_size, max_files = logs.DEFAULT_MAX_SIZE, logs.DEFAULT_MAX_FILES
+    max_size, max_files = logfile.DEFAULT_MAX_SIZE, logfile.DEFAULT_MAX_FILES
     for item in items:
         key, has_value, value = item.partition("=")
         if not has_value:

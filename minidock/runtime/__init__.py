@@ -19,11 +19,13 @@ FIFO on which a created container waits.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +39,7 @@ from minidock.errors import (
     InvalidArgument,
     MinidockError,
 )
+from minidock.logfile import format_timestamp
 from minidock.runtime.init import container_init, receive, send
 from minidock.state import Operation, Status, oci_status, require
 
@@ -239,6 +242,18 @@ def create(
                 cgroup.add_process(pid)
             send(parent_sock, {"type": "go"})
             reply = receive(parent_sock)
+            if reply.get("type") == "namespaces":
+                hook_state = {
+                    "ociVersion": OCI_VERSION,
+                    "id": cid,
+                    "status": "creating",
+                    "pid": pid,
+                    "bundle": bundle,
+                    "annotations": spec.get("annotations", {}),
+                }
+                run_hooks(spec, "createRuntime", hook_state)
+                send(parent_sock, {"type": "continue"})
+                reply = receive(parent_sock)
         if reply.get("type") != "ready":
             raise _error_from(reply)
         st = OciState(
@@ -274,8 +289,41 @@ def create(
         if cgroup is not None:
             cgroup.kill_all()
             cgroup.remove()
+        hook_state = {
+            "ociVersion": OCI_VERSION,
+            "id": cid,
+            "status": "stopped",
+            "bundle": bundle,
+            "annotations": spec.get("annotations", {}),
+        }
+        run_hooks(spec, "poststop", hook_state, check=False)
         _remove_tree(state_dir)
         raise
+
+
+def run_hooks(spec: dict, phase: str, hook_state: dict, check: bool = True) -> None:
+    """Run the spec's hooks for ``phase`` (runtime-spec config.md "POSIX-platform Hooks"):
+    each is a program that gets the container's state as JSON on stdin. A failing
+    ``createRuntime`` hook fails the create; ``poststop`` failures are only reported."""
+    for hook in spec.get("hooks", {}).get(phase, []):
+        args = hook.get("args") or [hook["path"]]
+        try:
+            subprocess.run(
+                args,
+                executable=hook["path"],
+                input=json.dumps(hook_state).encode(),
+                env=dict(e.split("=", 1) for e in hook.get("env", [])) or None,
+                timeout=hook.get("timeout"),
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            message = f"{phase} hook {hook['path']} failed: {detail.decode().strip() or exc}"
+            if check:
+                raise MinidockError(message) from None
+            os.write(2, f"minidock: {message}\n".encode())
 
 
 def _error_from(reply: dict) -> MinidockError:
@@ -304,8 +352,6 @@ def _remove_tree(path: str) -> None:
 
 
 def _now_rfc3339() -> str:
-    from minidock.logs import format_timestamp
-
     return format_timestamp(time.time_ns())
 
 
@@ -377,6 +423,11 @@ def delete(root: str, cid: str, force: bool = False) -> None:
         if group is not None:
             group.kill_all(signal.SIGKILL)
             group.remove()
+    try:
+        spec = store.read_json(os.path.join(st.bundle, "config.json"))
+    except (OSError, ValueError):
+        spec = {}
+    run_hooks(spec, "poststop", {**st.to_oci(), "status": "stopped"}, check=False)
     _remove_tree(tombstone)
 
 

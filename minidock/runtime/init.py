@@ -63,6 +63,11 @@ def container_init(
         if receive(sync).get("type") != "go":
             os._exit(1)
         _enter_namespaces(spec, ns_fds)
+        # The namespaces exist: the runtime runs its createRuntime hooks now (e.g. to plug
+        # a veth into our network namespace), before the root filesystem is switched.
+        send(sync, {"type": "namespaces"})
+        if receive(sync).get("type") != "continue":
+            os._exit(1)
         syscalls.prctl(
             syscalls.PR_SET_DUMPABLE,
             0,

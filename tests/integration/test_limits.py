@@ -3,6 +3,9 @@ host's backend (cgroup v1 here) and again inside the pure cgroup v2 VM (`make te
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import cgroups
@@ -97,3 +100,28 @@ def test_rm_leaves_no_cgroup(md: Minidock) -> None:
     assert group.exists()
     md("rm", "-f", "gone")
     assert not group.exists()
+
+
+def test_works_when_the_caller_sits_in_a_cgroup_with_processes(md: Minidock) -> None:
+    """cgroup v2's "no internal processes" rule: controllers can't be enabled for the
+    children of a cgroup that holds processes. minidock keeps its containers under its own
+    parent at the root, so a caller inside such a cgroup (a systemd service, a CI job)
+    still gets working limits."""
+    caller = cgroups.create(f"{md.cgroup_parent}-caller", cgroups.Limits())
+    try:
+        script = (
+            "cat /proc/self/cgroup; cat /sys/fs/cgroup/memory.max 2>/dev/null"
+            " || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+        )
+        command = [sys.executable, "-m", "minidock", "run", "--rm", "-m", "48m", "busybox",
+                   "sh", "-c", script]  # fmt: skip
+        proc = subprocess.run(
+            command, env=md.env, capture_output=True, text=True, timeout=60, cwd="/",
+            preexec_fn=lambda: caller.add_process(os.getpid()),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert md.cgroup_parent not in proc.stdout  # a cgroup namespace: it sees "/" only
+        assert proc.stdout.split()[-1] == str(48 << 20)  # its own cgroup, mounted inside
+    finally:
+        caller.kill_all()
+        caller.remove()

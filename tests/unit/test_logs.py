@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from minidock import logs
-from minidock.logs import (
-    MAX_LINE,
-    JsonFileWriter,
-    LogRecord,
-    format_timestamp,
-    parse_timestamp,
-    read_logs,
-    render,
-)
+from minidock import logfile, logs
+from minidock.logfile import MAX_LINE, JsonFileWriter, format_timestamp, json_string
+from minidock.logs import LogRecord, parse_timestamp, read_logs, render
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 # /work/shared/reference.md: {"log":"hello\n","stream":"stdout","time":"2019-...Z"}
@@ -175,8 +168,8 @@ def test_writer_rejects_bad_limits(tmp_path: Path) -> None:
 
 
 def test_defaults() -> None:
-    assert logs.DEFAULT_MAX_SIZE == 10 * 1024 * 1024
-    assert logs.DEFAULT_MAX_FILES == 3
+    assert logfile.DEFAULT_MAX_SIZE == 10 * 1024 * 1024
+    assert logfile.DEFAULT_MAX_FILES == 3
 
 
 # --- writer: line splitting ---------------------------------------------------------
@@ -730,3 +723,10 @@ def test_follow_reads_the_end_of_a_file_renamed_during_a_poll(
     records = read_logs(str(path), follow=True, stop_following=lambda: True)
     assert texts(list(records)) == ["first\n", "late\n", "rotated\n"]
     writer.close()
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", 'quote " and back\\slash', "ctl \x01\x1f\n\t\r", "héllo ✓", ""]
+)
+def test_json_string_is_valid_json(text: str) -> None:
+    assert json.loads(json_string(text)) == text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from minidock import logs
+from minidock import logfile
 from minidock.errors import InvalidArgument
 from minidock.parse import (
     VolumeSpec,
@@ -347,11 +347,11 @@ def test_parse_volume_rejects(text: str, naming: str) -> None:
 
 
 def test_parse_log_opts() -> None:
-    assert parse_log_opts([]) == (logs.DEFAULT_MAX_SIZE, logs.DEFAULT_MAX_FILES)
-    assert parse_log_opts(["max-size=1m"]) == (MiB, logs.DEFAULT_MAX_FILES)
-    assert parse_log_opts(["max-file=5"]) == (logs.DEFAULT_MAX_SIZE, 5)
+    assert parse_log_opts([]) == (logfile.DEFAULT_MAX_SIZE, logfile.DEFAULT_MAX_FILES)
+    assert parse_log_opts(["max-size=1m"]) == (MiB, logfile.DEFAULT_MAX_FILES)
+    assert parse_log_opts(["max-file=5"]) == (logfile.DEFAULT_MAX_SIZE, 5)
     assert parse_log_opts(["max-size=512k", "max-file=1"]) == (512 * KiB, 1)
-    assert parse_log_opts(["max-size=1m", "max-size=2m"]) == (2 * MiB, logs.DEFAULT_MAX_FILES)
+    assert parse_log_opts(["max-size=1m", "max-size=2m"]) == (2 * MiB, logfile.DEFAULT_MAX_FILES)
 
 
 @pytest.mark.parametrize(

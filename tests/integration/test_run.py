@@ -220,3 +220,14 @@ def test_exit_codes_pass_through(md: Minidock) -> None:
     assert md("run", "--rm", "busybox", "sh", "-c", "exit 3", check=False).returncode == 3
     proc = md("run", "--rm", "--init", "busybox", "sh", "-c", "kill -USR2 $$", check=False)
     assert proc.returncode == 128 + 12
+
+
+def test_no_host_binary_is_reachable_through_proc_exe(md: Minidock) -> None:
+    """With --init, PID 1 is minidock's own reaper — the host's python. It is non-dumpable,
+    so the kernel refuses to show its executable to the container (CVE-2019-5736)."""
+    script = "readlink /proc/1/exe || echo refused; wc -c < /proc/1/exe || echo refused"
+    out = md("run", "--rm", "--init", "busybox", "sh", "-c", script).stdout.split()
+    assert out == ["refused", "refused"]
+    # Control: without --init, PID 1 is the container's own program, and that is visible.
+    out = md("run", "--rm", "busybox", "readlink", "/proc/1/exe").stdout.split()
+    assert out == ["/bin/busybox"]

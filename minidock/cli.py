@@ -248,6 +248,28 @@ def kill(ctx: click.Context, sig: str, containers: tuple[str, ...]) -> None:
 
 
 @cli.command(context_settings=_CONTEXT)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def pause(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Freeze all processes of one or more containers (cgroup freezer)."""
+    engine = _engine(ctx)
+    for ref in containers:
+        engine.pause(ref)
+        click.echo(ref)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Thaw all processes of one or more paused containers."""
+    engine = _engine(ctx)
+    for ref in containers:
+        engine.unpause(ref)
+        click.echo(ref)
+
+
+@cli.command(context_settings=_CONTEXT)
 @click.option("-f", "--force", is_flag=True, help="Kill and remove a running container.")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context

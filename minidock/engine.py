@@ -393,6 +393,9 @@ class Engine:
             require(status, Operation.STOP, c.name)
             if status not in (Status.RUNNING, Status.PAUSED):
                 return c
+            if status is Status.PAUSED:  # a frozen process can't act on a signal: thaw first
+                self._cgroup(c).thaw()
+                c.update_state(Status=Status.RUNNING.value)
             record = c.record()
             if timeout is None:
                 timeout = record["Config"].get("StopTimeout")
@@ -441,6 +444,24 @@ class Engine:
                 raise MinidockError(f"container {c.id[:12]} did not record its exit")
             c.repair()
             time.sleep(0.005)
+
+    def pause(self, ref: str) -> Container:
+        """Freeze every process of the container (the cgroup freezer: v2 ``cgroup.freeze``,
+        v1 ``freezer.state``). Frozen tasks are not scheduled at all, and can't notice."""
+        c = self.find(ref)
+        with c.operation_lock():
+            require(c.status(), Operation.PAUSE, c.name)
+            self._cgroup(c).freeze()
+            c.update_state(Status=Status.PAUSED.value)
+        return c
+
+    def unpause(self, ref: str) -> Container:
+        c = self.find(ref)
+        with c.operation_lock():
+            require(c.status(), Operation.UNPAUSE, c.name)
+            self._cgroup(c).thaw()
+            c.update_state(Status=Status.RUNNING.value)
+        return c
 
     def restart(self, ref: str, timeout: int | None = None) -> Container:
         c = self.stop(ref, timeout)

@@ -125,3 +125,28 @@ def test_works_when_the_caller_sits_in_a_cgroup_with_processes(md: Minidock) -> 
     finally:
         caller.kill_all()
         caller.remove()
+
+
+def test_pause_freezes_and_unpause_resumes(md: Minidock) -> None:
+    md("run", "-d", "--name", "spin", "busybox", "sh", "-c", "while :; do :; done")
+    md("pause", "spin")
+    assert md("ps", "--format", "{{.State}}").stdout.split() == ["paused"]
+    _, before = md.engine.stats("spin")
+    time.sleep(0.5)
+    _, after = md.engine.stats("spin")
+    assert after.cpu_usage_ns - before.cpu_usage_ns < 20_000_000, "a frozen loop used CPU"
+    md("unpause", "spin")
+    time.sleep(0.5)
+    _, resumed = md.engine.stats("spin")
+    assert resumed.cpu_usage_ns - after.cpu_usage_ns > 100_000_000
+    assert md("unpause", "spin", check=False).returncode == 125  # not paused any more
+
+
+def test_stop_and_rm_of_a_paused_container(md: Minidock) -> None:
+    md("run", "-d", "--name", "p1", "busybox", "sleep", "60")
+    md("run", "-d", "--name", "p2", "busybox", "sleep", "60")
+    md("pause", "p1", "p2")
+    md("stop", "-t", "1", "p1")
+    assert md.inspect("p1")["State"]["Status"] == "exited"
+    md("rm", "-f", "p2")
+    assert md("ps", "-aq").stdout.split() == [md.inspect("p1")["Id"][:12]]

@@ -247,6 +247,30 @@ def kill(ctx: click.Context, sig: str, containers: tuple[str, ...]) -> None:
         click.echo(ref)
 
 
+@cli.command("exec", context_settings={**_CONTEXT, "allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run the command in the background.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY.")
+@click.option("-e", "--env", multiple=True, help="Set environment variables.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", help="Username or UID (format: <name|uid>[:<group|gid>]).")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_(ctx: click.Context, detach: bool, interactive: bool, tty: bool, env: tuple[str, ...],
+          workdir: str | None, user: str | None, container: str,
+          command: tuple[str, ...]) -> None:  # fmt: skip
+    """Run a command in a running container."""
+    engine = _engine(ctx)
+    options = {"env": parse.parse_env(list(env)), "workdir": workdir, "user": user, "tty": tty}
+    if detach:
+        engine.exec(container, list(command), None, **options)
+        return
+    attach = _attach(interactive, tty)
+    raw = tty and interactive and os.isatty(0)
+    ctx.exit(_in_raw_mode(raw, lambda: engine.exec(container, list(command), attach, **options)))
+
+
 @cli.command(context_settings=_CONTEXT)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context

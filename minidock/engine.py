@@ -484,6 +484,67 @@ class Engine:
             else:
                 time.sleep(0.05)
 
+    # --- exec ---------------------------------------------------------------------------------
+    def exec(self, ref: str, command: list[str], attach: Attach | None, *,
+             env: list[str] | None = None, workdir: str | None = None,
+             user: str | None = None, tty: bool = False) -> int | None:  # fmt: skip
+        """Run ``command`` in the running container. Attached, relay its output (and
+        input with ``attach.stdin``) and return its exit code; detached, return None."""
+        from minidock.runtime.exec import exec_process
+
+        c = self.find(ref)
+        status = c.status()
+        if status is not Status.RUNNING:
+            why = "is paused: unpause it first" if status is Status.PAUSED else "is not running"
+            raise Conflict(f"container {c.name} {why}")
+        if not command:
+            raise InvalidArgument("no command specified")
+        process = dict(store.read_json(os.path.join(c.bundle, "config.json"))["process"])
+        process["args"] = command
+        process["terminal"] = tty and attach is not None
+        merged = dict(e.split("=", 1) for e in process["env"])
+        merged.update(e.split("=", 1) for e in env or [] if "=" in e)
+        process["env"] = [f"{k}={v}" for k, v in merged.items()]
+        if workdir:
+            process["cwd"] = workdir
+        if user:
+            uid, gid, groups = users.resolve(c.rootfs, user)
+            process["user"] = {"uid": uid, "gid": gid, "additionalGids": groups}
+        if attach is None:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                exec_process(c.runtime_root, c.id, process, stdio=(null, null, null))
+            finally:
+                os.close(null)
+            return None
+        return self._exec_attached(c, process, attach)
+
+    @staticmethod
+    def _exec_attached(c: Container, process: dict, attach: Attach) -> int:
+        from minidock.relay import relay
+        from minidock.runtime.exec import exec_process
+        from minidock.runtime.reaper import exit_status
+
+        if process["terminal"]:
+            console, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            with console, peer:
+                pid = exec_process(c.runtime_root, c.id, process, console=peer)
+                _, fds, _, _ = socket.recv_fds(console, 16, 1)
+            sources, target = {fds[0]: "pty"}, fds[0]
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            in_r, in_w = os.pipe() if attach.stdin is not None else (os.open(os.devnull, 0), -1)
+            try:
+                pid = exec_process(c.runtime_root, c.id, process, stdio=(in_r, out_w, err_w))
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+            sources, target = {out_r: "stdout", err_r: "stderr"}, (in_w if in_w >= 0 else None)
+        status = relay(sources, pid, None, terminal_out=(attach.stdout, attach.stderr),
+                       stdin=attach.stdin, stdin_target=target)  # fmt: skip
+        return exit_status(status)
+
     # --- remove -------------------------------------------------------------------------------
     def remove(self, ref: str | Container, force: bool = False) -> Container:
         c = ref if isinstance(ref, Container) else self.find(ref)

@@ -46,7 +46,7 @@ def reap_others(pid: int) -> None:
 def relay(
     sources: dict[int, str],
     pid: int,
-    log: JsonFileWriter,
+    log: JsonFileWriter | None,
     *,
     terminal_out: tuple[int, int] | None = None,
     stdin: int | None = None,
@@ -55,10 +55,11 @@ def relay(
     """Relay until PID 1 (``pid``, our child) exits; return its wait status.
 
     ``sources`` maps our read ends to "stdout", "stderr" or "pty". Output goes to the
-    log and, attached, to ``terminal_out`` (our stdout, stderr); ``stdin`` is copied to
-    ``stdin_target``. PID 1's exit is seen through a pidfd (pidfd_open(2)), which turns
-    readable when the process exits. Its exit makes the kernel kill the rest of its PID
-    namespace, so the pipes then reach end-of-file once their last writers are gone.
+    log (none for ``exec``) and, attached, to ``terminal_out`` (our stdout, stderr);
+    ``stdin`` is copied to ``stdin_target``. PID 1's exit is seen through a pidfd
+    (pidfd_open(2)), which turns readable when the process exits. Its exit makes the
+    kernel kill the rest of its PID namespace, so the pipes then reach end-of-file once
+    their last writers are gone.
     """
     pidfd = os.pidfd_open(pid)
     sources = dict(sources)
@@ -98,12 +99,14 @@ def relay(
                     os.close(fd)
                     continue
                 stream = "stderr" if sources[fd] == "stderr" else "stdout"
-                log.write(stream, data)
+                if log is not None:
+                    log.write(stream, data)
                 if terminal_out is not None:
                     write_all(terminal_out[stream == "stderr"], data)
     if status is None:
         _, status = os.waitpid(pid, 0)
-    log.flush()
+    if log is not None:
+        log.flush()
     os.close(pidfd)
     return status
 

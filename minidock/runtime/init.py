@@ -76,9 +76,9 @@ def container_init(
         _build_rootfs(spec, cgroup_paths)
         process = spec["process"]
         if process.get("terminal"):
-            _open_console(console)
-        _set_process_attributes(spec)
-        program = _find_program(process)
+            open_console(console)
+        set_process_attributes(spec)
+        program = find_program(process)
         send(sync, {"type": "ready"})
         sync.close()
         syscalls.prctl(
@@ -91,22 +91,31 @@ def container_init(
         os.write(fifo, b"0")
         os.close(fifo)
         os.close(fifo_fd)
-        syscalls.close_range_cloexec(3, reason="no host descriptor may reach the program")
-        env = dict(e.split("=", 1) for e in process.get("env", []) if "=" in e)
-        if spec.get("annotations", {}).get("org.minidock.init") == "true":
-            from minidock.runtime.reaper import run_reaper
-
-            run_reaper(program, process["args"], env)
-        try:
-            syscalls.execve(program, process["args"], env, reason="become the container's program")
-        except OSError as exc:
-            os.write(2, f"minidock: exec {process['args'][0]}: {exc.strerror}\n".encode())
-            os._exit(126 if exc.errno != 2 else 127)
+        exec_program(
+            program, process, spec.get("annotations", {}).get("org.minidock.init") == "true"
+        )
     except MinidockError as exc:
         _report(sync, str(exc), exc.exit_code)
     except Exception as exc:  # noqa: BLE001 — anything at all must reach the parent
         _report(sync, f"container init: {exc}", 125)
     os._exit(1)
+
+
+def exec_program(program: str, process: dict, with_reaper: bool = False) -> None:
+    """The last step: no inherited descriptor may survive, then execve(2) — from here on
+    the process is the container's program and nothing of the runtime is left in it.
+    Never returns; if exec fails, exits 126 (not executable) or 127 (not found)."""
+    syscalls.close_range_cloexec(3, reason="no host descriptor may reach the program")
+    env = dict(e.split("=", 1) for e in process.get("env", []) if "=" in e)
+    if with_reaper:
+        from minidock.runtime.reaper import run_reaper
+
+        run_reaper(program, process["args"], env)
+    try:
+        syscalls.execve(program, process["args"], env, reason="become the container's program")
+    except OSError as exc:
+        os.write(2, f"minidock: exec {process['args'][0]}: {exc.strerror}\n".encode())
+        os._exit(126 if exc.errno != 2 else 127)
 
 
 def _report(sync: socket.socket, message: str, exit_code: int) -> None:
@@ -153,10 +162,11 @@ def _build_rootfs(spec: dict, cgroup_paths: dict[str, str]) -> None:
         rootfs.readonly_root()
 
 
-def _open_console(console: socket.socket | None) -> None:
+def open_console(console: socket.socket | None, bind_dev_console: bool = True) -> None:
     """Allocate the container's terminal from its own devpts and hand the master side to the
     runtime's caller over the console socket (SCM_RIGHTS), as runc's --console-socket does.
-    The slave side becomes this process's controlling terminal and stdin/stdout/stderr."""
+    The slave side becomes this process's controlling terminal and stdin/stdout/stderr
+    (and, for the container's first process, /dev/console)."""
     if console is None:
         raise InvalidArgument("terminal requested but no console socket given")
     master, slave = os.openpty()
@@ -166,6 +176,9 @@ def _open_console(console: socket.socket | None) -> None:
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)
+    if not bind_dev_console:
+        os.close(slave)
+        return
     console_path = "/dev/console"
     if not os.path.exists(console_path):
         os.close(os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
@@ -179,7 +192,7 @@ def _open_console(console: socket.socket | None) -> None:
     os.close(slave)
 
 
-def _set_process_attributes(spec: dict) -> None:
+def set_process_attributes(spec: dict) -> None:
     """rlimits, oom_score_adj, then identity and capabilities, then no_new_privs."""
     process = spec["process"]
     for limit in process.get("rlimits", []):
@@ -231,7 +244,7 @@ def _set_capabilities_and_user(process: dict) -> None:
         )
 
 
-def _find_program(process: dict) -> str:
+def find_program(process: dict) -> str:
     """Resolve ``args[0]`` the way execvp does, inside the container's root and ``$PATH``."""
     args = process.get("args") or []
     if not args:

@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 SAMPLES := $(CURDIR)/rootfs-samples/out
-APT_PACKAGES := busybox-static iptables runc hyperfine curl qemu-system-x86 linux-image-amd64
+APT_PACKAGES := busybox-static iptables iproute2 runc hyperfine curl qemu-system-x86 linux-image-amd64
 
 .PHONY: install deps venv images demo demo-clean test test-host test-v2 lint bench
 

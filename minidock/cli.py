@@ -69,10 +69,18 @@ def _container_options(func: Callable) -> Callable:
         click.option(
             "--network",
             "--net",
-            default="none",
+            default="bridge",
             show_default=True,
-            help="Network mode: none, host, container:NAME.",
+            help="bridge, a network's name, none, host or container:NAME.",
         ),
+        click.option("--network-alias", multiple=True, help="Another name on the network."),
+        click.option(
+            "-p",
+            "--publish",
+            multiple=True,
+            help="Publish a port: [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/udp].",
+        ),
+        click.option("-P", "--publish-all", is_flag=True, help="Publish all exposed ports."),
         click.option(
             "--init",
             is_flag=True,
@@ -133,6 +141,9 @@ def _run_options(kw: dict[str, Any]) -> Any:
         cap_drop=list(kw["cap_drop"]),
         privileged=kw["privileged"],
         network=kw["network"],
+        network_aliases=list(kw["network_alias"]),
+        publish=[parse.parse_publish(p) for p in kw["publish"]],
+        publish_all=kw["publish_all"],
         init=kw["init"],
         auto_remove=kw["auto_remove"],
         log_max_size=max_size,
@@ -393,7 +404,11 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, no_trunc: bool, fmt: str
                 "Status": _status_text(state),
                 "State": state["Status"],
                 "Names": record["Name"].lstrip("/"),
-                "Ports": "",
+                "Ports": ", ".join(
+                    f"{b['HostIp']}:{b['HostPort']}->{port}"
+                    for port, bs in engine.ports(c).items()
+                    for b in bs
+                ),
             }
         )
     if quiet:
@@ -418,6 +433,89 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, no_trunc: bool, fmt: str
                 for r in rows
             ],
         )
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("container")
+@click.argument("private_port", required=False)
+@click.pass_context
+def port(ctx: click.Context, container: str, private_port: str | None) -> None:
+    """List a container's published ports, or the host address of one of them."""
+    for key, bindings in _engine(ctx).ports(container).items():
+        if private_port and key not in (private_port, f"{private_port}/tcp"):
+            continue
+        for b in bindings:
+            address = f"{b['HostIp']}:{b['HostPort']}"
+            click.echo(address if private_port else f"{key} -> {address}")
+
+
+@cli.group(context_settings=_CONTEXT)
+def network() -> None:
+    """Manage networks (Linux bridges with their own subnet)."""
+
+
+@network.command("create", context_settings=_CONTEXT)
+@click.option("--subnet", help="Subnet in CIDR form (default: a free /24).")
+@click.option("--internal", is_flag=True, help="No route out of the network.")
+@click.argument("name")
+@click.pass_context
+def network_create(ctx: click.Context, subnet: str | None, internal: bool, name: str) -> None:
+    """Create a network."""
+    click.echo(_engine(ctx).networks.create(name, subnet, internal=internal).id)
+
+
+@network.command("ls", context_settings=_CONTEXT)
+@click.option("-q", "--quiet", is_flag=True, help="Only display network IDs.")
+@click.pass_context
+def network_ls(ctx: click.Context, quiet: bool) -> None:
+    """List networks."""
+    engine = _engine(ctx)
+    engine.networks.default()
+    nets = engine.networks.list()
+    if quiet:
+        for n in nets:
+            click.echo(n.id[:12])
+        return
+    _table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "BRIDGE"],
+           [[n.id[:12], n.name, n.driver, n.subnet, n.bridge] for n in nets])  # fmt: skip
+
+
+@network.command("inspect", context_settings=_CONTEXT)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def network_inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Show networks as JSON, with the containers connected to them."""
+    store = _engine(ctx).networks
+    result = []
+    for name in names:
+        n = store.default() if name == "bridge" else store.get(name)
+        result.append({
+            "Name": n.name, "Id": n.id, "Created": n.created, "Driver": n.driver,
+            "Internal": n.internal, "Options": {"bridge": n.bridge},
+            "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+            "Containers": {e["cid"]: {"Name": e.get("name"), "IPv4Address": e["ip"],
+                                      "MacAddress": e["mac"]} for e in store.endpoints(n)},
+        })  # fmt: skip
+    click.echo(json.dumps(result, indent=4))
+
+
+@network.command("rm", context_settings=_CONTEXT)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Remove networks (not while containers are connected)."""
+    store = _engine(ctx).networks
+    for name in names:
+        store.remove(name)
+        click.echo(name)
+
+
+@network.command("prune", context_settings=_CONTEXT)
+@click.pass_context
+def network_prune(ctx: click.Context) -> None:
+    """Remove every user network no container is connected to."""
+    for n in _engine(ctx).networks.prune():
+        click.echo(n.name)
 
 
 @cli.command(context_settings=_CONTEXT)

@@ -34,13 +34,14 @@ from minidock.errors import (
 )
 from minidock.images import Image, ImageStore
 from minidock.monitor import Attach, Monitor, remove_if_auto
-from minidock.parse import VolumeSpec
+from minidock.network.networks import NetworkStore
+from minidock.parse import PortSpec, VolumeSpec
 from minidock.state import Operation, Status, require
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_STOP_TIMEOUT = 10
-#: Network modes this engine offers so far; bridge networking is its own piece of work.
-NETWORK_MODES = ("none", "host")
+#: Network modes that are not bridge networks (``network create`` makes more of those).
+SPECIAL_NETWORKS = ("none", "host")
 
 
 @dataclass
@@ -66,7 +67,10 @@ class RunOptions:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     privileged: bool = False
-    network: str = "none"
+    network: str = "bridge"
+    network_aliases: list[str] = field(default_factory=list)
+    publish: list[PortSpec] = field(default_factory=list)
+    publish_all: bool = False
     init: bool = False
     auto_remove: bool = False
     log_max_size: int = logfile.DEFAULT_MAX_SIZE
@@ -77,16 +81,29 @@ class RunOptions:
     stop_timeout: int | None = None
 
 
+def port_bindings(publish: list[PortSpec]) -> dict[str, list[dict[str, str]]]:
+    """``-p`` flags in the shape of Docker's HostConfig.PortBindings."""
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for p in publish:
+        bindings.setdefault(f"{p.container_port}/{p.proto}", []).append(
+            {"HostIp": "" if p.host_ip == "0.0.0.0" else p.host_ip,
+             "HostPort": str(p.host_port) if p.host_port else ""})  # fmt: skip
+    return bindings
+
+
 def _package_parent() -> str:
     """The directory holding the ``minidock`` and ``cgroups`` packages (for the monitor)."""
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Engine:
-    def __init__(self, root: str | None = None, cgroup_parent: str | None = None) -> None:
+    def __init__(self, root: str | None = None, cgroup_parent: str | None = None,
+                 port_mode: str | None = None) -> None:  # fmt: skip
         self.paths = store.Paths(store.state_root(root))
         self.paths.ensure()
         self.images = ImageStore(self.paths)
+        self.networks = NetworkStore(self.paths.root)
+        self.port_mode = port_mode or os.environ.get("MINIDOCK_PORT_MODE") or "shim"
         self.cgroup_parent = (
             cgroup_parent or os.environ.get("MINIDOCK_CGROUP_PARENT") or "minidock"
         ).strip("/")
@@ -134,13 +151,14 @@ class Engine:
     def create(self, opts: RunOptions) -> Container:
         """Record a new container (Docker's ``create``): no process, no mount yet."""
         image = self.images.get(opts.image)
-        if opts.network not in NETWORK_MODES and not opts.network.startswith("container:"):
-            raise InvalidArgument(
-                f"network {opts.network} not found (available: "
-                f"{', '.join(NETWORK_MODES)}, container:NAME)"
-            )
         if opts.network.startswith("container:"):
             self.find(opts.network.removeprefix("container:"))
+        elif opts.network == "bridge":
+            self.networks.default()  # made on first use
+        elif opts.network not in SPECIAL_NETWORKS:
+            self.networks.get(opts.network)  # NotFound unless it was created
+        if (opts.publish or opts.publish_all) and not self._is_bridge(opts.network):
+            raise InvalidArgument(f"ports can't be published with --network {opts.network}")
         cid = secrets.token_hex(32)
         hostname = opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12])
         config = {
@@ -164,6 +182,8 @@ class Engine:
                 f"{v.source}:{v.destination}{':ro' if v.read_only else ''}" for v in opts.volumes
             ],
             "NetworkMode": opts.network,
+            "PortBindings": port_bindings(opts.publish),
+            "PublishAllPorts": opts.publish_all,
             "AutoRemove": opts.auto_remove,
             "Privileged": opts.privileged,
             "CapAdd": opts.cap_add,
@@ -181,6 +201,11 @@ class Engine:
                 "Config": {"max-size": str(opts.log_max_size), "max-file": str(opts.log_max_files)},
             },
         }
+        config["ExposedPorts"] = {
+            **(image.config.get("ExposedPorts") or {}),
+            **{f"{p.container_port}/{p.proto}": {} for p in opts.publish},
+        }
+        config["NetworkAliases"] = opts.network_aliases
         argv = spec.command_line(config, image.config)
         if not argv:
             raise InvalidArgument("no command specified")
@@ -252,7 +277,46 @@ class Engine:
                 k: (-1 if v == resource.RLIM_INFINITY else v) for k, v in hard.items()
             },
         )
+        if self._is_bridge(mode):
+            config["hooks"] = self._network_hooks(c, record)
         store.write_json(os.path.join(c.bundle, "config.json"), config)
+
+    @staticmethod
+    def _is_bridge(mode: str) -> bool:
+        return mode not in SPECIAL_NETWORKS and not mode.startswith("container:")
+
+    def _network_hooks(self, c: Container, record: dict) -> dict:
+        """Bridge networking is plugged in by OCI hooks, as CNI plugins are under other
+        runtimes: once the container's namespaces exist (``createRuntime``) a veth pair is
+        wired into its network namespace and its ports published; after it is gone
+        (``poststop``) all of that is taken down. ``network.json`` says what to do."""
+        config, host = record["Config"], record["HostConfig"]
+        ports = [{"host_ip": b["HostIp"] or "0.0.0.0", "host_port": int(b["HostPort"] or 0),
+                  "container_port": int(key.split("/")[0]), "proto": key.split("/")[1]}
+                 for key, bindings in host["PortBindings"].items() for b in bindings]  # fmt: skip
+        if host.get("PublishAllPorts"):
+            bound = {(p["container_port"], p["proto"]) for p in ports}
+            for key in config.get("ExposedPorts") or {}:
+                port, _, proto = key.partition("/")
+                if (int(port), proto or "tcp") not in bound:
+                    ports.append({"host_ip": "0.0.0.0", "host_port": 0, "proto": proto or "tcp",
+                                  "container_port": int(port)})  # fmt: skip
+        name = record["Name"].lstrip("/")
+        store.write_json(c.path("network.json"), {
+            "name": name,
+            "networks": [{"name": host["NetworkMode"],
+                          "aliases": [name, *config.get("NetworkAliases", [])]}],
+            "ports": ports,
+            "port_mode": self.port_mode,
+        })  # fmt: skip
+        env = [f"{k}={v}" for k, v in os.environ.items()] + [f"PYTHONPATH={_package_parent()}"]
+        hook = [sys.executable, "-m", "minidock.network.hook"]
+        return {
+            "createRuntime": [{"path": sys.executable, "args": [*hook, "setup", self.paths.root],
+                               "env": env}],
+            "poststop": [{"path": sys.executable, "args": [*hook, "teardown", self.paths.root],
+                          "env": env}],
+        }  # fmt: skip
 
     def _image_of(self, record: dict) -> Image:
         return self.images.get(record["Image"])
@@ -618,8 +682,38 @@ class Engine:
                 }
                 for b in record["HostConfig"]["Binds"]
             ],
-            "NetworkSettings": {"Networks": {record["HostConfig"]["NetworkMode"]: {}}},
+            "NetworkSettings": self._network_settings(c, record),
         }
+
+    @staticmethod
+    def network_state(c: Container) -> dict:
+        """What the network hook set up for the running container (empty when stopped)."""
+        try:
+            return store.read_json(c.path("network-state.json"))
+        except FileNotFoundError:
+            return {}
+
+    def _network_settings(self, c: Container, record: dict) -> dict:
+        state = self.network_state(c)
+        networks = {n["name"]: {"NetworkID": n["id"], "IPAddress": n["ip"],
+                                "IPPrefixLen": n["prefix_len"], "Gateway": n["gateway"],
+                                "MacAddress": n["mac"], "Aliases": n["aliases"]}
+                    for n in state.get("networks", [])}  # fmt: skip
+        first = next(iter(networks.values()), {})
+        return {
+            "IPAddress": first.get("IPAddress", ""), "Gateway": first.get("Gateway", ""),
+            "MacAddress": first.get("MacAddress", ""), "Ports": self.ports(c),
+            "Networks": networks or {record["HostConfig"]["NetworkMode"]: {}},
+        }  # fmt: skip
+
+    def ports(self, ref: str | Container) -> dict[str, list[dict[str, str]]]:
+        """Published ports as bound (``docker port``): ``{"80/tcp": [{HostIp, HostPort}]}``."""
+        c = ref if isinstance(ref, Container) else self.find(ref)
+        result: dict[str, list[dict[str, str]]] = {}
+        for p in self.network_state(c).get("ports", []):
+            result.setdefault(f"{p['container_port']}/{p['proto']}", []).append(
+                {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])})  # fmt: skip
+        return result
 
     def logs(
         self,

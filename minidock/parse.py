@@ -6,6 +6,7 @@ copied) and raises ``InvalidArgument`` with a one-line message that quotes the v
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -370,3 +371,42 @@ def generate_name(rng: random.Random | ModuleType = random) -> str:
         name = f"{rng.choice(_ADJECTIVES)}_{rng.choice(_SURNAMES)}"
         if name != "boring_wozniak":  # moby: "Steve Wozniak is not boring"
             return name
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One ``-p``: publish ``container_port``/``proto`` on ``host_ip:host_port`` (0 = any)."""
+
+    host_ip: str
+    host_port: int
+    container_port: int
+    proto: str
+
+
+def _port_number(text: str, value: str, allow_zero: bool) -> int:
+    if not text.isdigit() or not (0 if allow_zero else 1) <= int(text) <= 65535:
+        raise InvalidArgument(f'invalid value "{value}" for --publish: bad port "{text}"')
+    return int(text)
+
+
+def parse_publish(text: str) -> PortSpec:
+    """``-p [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp]`` as Docker reads it:
+    ``8080:80``, ``127.0.0.1:8080:80``, ``127.0.0.1::80`` and ``80`` (any free host port)."""
+    spec, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    if proto not in ("tcp", "udp"):
+        raise InvalidArgument(f'invalid value "{text}" for --publish: unknown protocol "{proto}"')
+    parts = spec.rsplit(":", 2)
+    host_ip, host_port = "0.0.0.0", "0"
+    if len(parts) == 3:
+        host_ip, host_port, container = parts[0] or "0.0.0.0", parts[1] or "0", parts[2]
+    elif len(parts) == 2:
+        host_port, container = parts
+    else:
+        container = parts[0]
+    try:
+        ipaddress.IPv4Address(host_ip)
+    except ValueError:
+        raise InvalidArgument(f'invalid value "{text}" for --publish: bad IP "{host_ip}"') from None
+    return PortSpec(host_ip, _port_number(host_port, text, True),
+                    _port_number(container, text, False), proto)  # fmt: skip

@@ -99,6 +99,9 @@ class Minidock:
                         leaf.kill_all()
                         leaf.remove()
         cgroups.remove_parent_if_empty(self.cgroup_parent)
+        from minidock.network.networks import NetworkStore
+
+        NetworkStore(self.root).remove_all()
 
 
 @pytest.fixture

@@ -36,6 +36,8 @@ def test_network_none_has_only_loopback_up(md: Minidock) -> None:
     out = md(
         "run",
         "--rm",
+        "--network",
+        "none",
         "busybox",
         "sh",
         "-c",

@@ -10,9 +10,10 @@ PYTHON ?= python3
 VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 SAMPLES := $(CURDIR)/rootfs-samples/out
-APT_PACKAGES := busybox-static iptables iproute2 runc hyperfine curl qemu-system-x86 linux-image-amd64
+APT_PACKAGES := busybox-static iptables iproute2 runc skopeo umoci hyperfine curl socat \
+	qemu-system-x86 linux-image-amd64
 
-.PHONY: install deps venv images demo demo-clean test test-host test-v2 lint bench
+.PHONY: install deps venv images demo test test-host test-v2 lint bench
 
 install: deps venv images
 
@@ -29,17 +30,14 @@ venv:
 
 images:
 	rootfs-samples/busybox/build.sh $(SAMPLES)/busybox
-	rootfs-samples/web/build.sh $(SAMPLES)/web
 	$(VENV)/bin/minidock import --change 'CMD ["sh"]' $(SAMPLES)/busybox busybox:latest
-	$(VENV)/bin/minidock import --change 'CMD ["httpd", "-f", "-v", "-p", "8080", "-h", "/var/www"]' \
-		$(SAMPLES)/web web:latest
+	$(VENV)/bin/minidock build -t web:latest rootfs-samples/web
 
 demo:
 	-$(VENV)/bin/minidock rm -f demo-web >/dev/null 2>&1
-	$(VENV)/bin/minidock run -d --name demo-web --network host -m 64m --cpus 0.5 web:latest
-	sleep 0.5
-	curl -fsS http://127.0.0.1:8080/
-	$(VENV)/bin/minidock logs demo-web
+	$(VENV)/bin/minidock run -d --name demo-web -p 8080:80 -m 64m --cpus 0.5 web:latest
+	curl -fsS --retry 10 --retry-connrefused --retry-delay 1 http://127.0.0.1:8080/
+	$(VENV)/bin/minidock ps
 	$(VENV)/bin/minidock rm -f demo-web
 
 test: test-host test-v2

@@ -37,9 +37,23 @@ def _engine(ctx: click.Context) -> Any:
     default=None,
     help="State directory (default /var/lib/minidock).",
 )
+@click.option(
+    "--explain",
+    type=click.Choice(["text", "json"]),
+    is_flag=False,
+    flag_value="text",
+    default=None,
+    help="Narrate every kernel step on stderr (--explain=json: one JSON per line).",
+)
 @click.pass_context
-def cli(ctx: click.Context, root: str | None) -> None:
+def cli(ctx: click.Context, root: str | None, explain: str | None) -> None:
     """A container engine and runtime for Linux, written to be read."""
+    from minidock import explain as narration
+
+    if explain:
+        narration.enable(explain)
+    else:
+        narration.from_environment()
     ctx.ensure_object(dict)
     ctx.obj["root"] = root
 
@@ -680,36 +694,6 @@ def import_(ctx: click.Context, change: tuple[str, ...], source: str, reference:
     click.echo(f"sha256:{image.id}")
 
 
-@cli.command(context_settings=_CONTEXT)
-@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
-@click.pass_context
-def images(ctx: click.Context, quiet: bool) -> None:
-    """List images."""
-    rows = []
-    for image in _engine(ctx).images.list():
-        for tag in image.repo_tags or ["<none>:<none>"]:
-            repo, _, version = tag.rpartition(":")
-            rows.append([repo, version, image.id[:12], _ago(image.created)])
-    if quiet:
-        for row in rows:
-            click.echo(row[2])
-        return
-    _table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED"], rows)
-
-
-@cli.command(context_settings=_CONTEXT)
-@click.option("-f", "--force", is_flag=True, help="Remove even if a container uses it.")
-@click.argument("refs", nargs=-1, required=True)
-@click.pass_context
-def rmi(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
-    """Remove images."""
-    engine = _engine(ctx)
-    in_use = set() if force else {c.record()["Image"] for c in engine.containers()}
-    for ref in refs:
-        image = engine.images.remove(ref, in_use)
-        click.echo(f"Deleted: sha256:{image.id}")
-
-
 # --- the OCI runtime, runc-style -----------------------------------------------------------------
 @cli.group(context_settings=_CONTEXT)
 @click.option(
@@ -796,3 +780,12 @@ def main() -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# The image commands (build, save, load, tag, history, image …) live in cli_images.py,
+# which uses this module's helpers, so they are attached here at the end.
+from minidock.cli_images import COMMANDS  # noqa: E402
+
+for _name, _command in COMMANDS.items():
+    cli.add_command(_command, _name)
+cli.add_command(COMMANDS["image"].commands["ls"], "images")

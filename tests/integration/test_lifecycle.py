@@ -198,7 +198,7 @@ def test_create_then_start(md: Minidock) -> None:
 
 def test_the_runtime_alone_follows_the_oci_lifecycle(md: Minidock, tmp_path) -> None:  # noqa: ANN001
     """`minidock runtime` runs a bundle by itself, as runc does: create → start → kill → delete."""
-    md("create", "--name", "bundle-src", "busybox", "sleep", "60")
+    md("create", "--name", "bundle-src", "--network", "none", "busybox", "sleep", "60")
     engine = md.engine
     c = engine.find("bundle-src")
     engine._prepare(c)  # mounts the rootfs and writes config.json, like `start` would

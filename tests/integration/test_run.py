@@ -171,7 +171,7 @@ def test_volume_destination_symlink_cannot_escape(md: Minidock, tmp_path) -> Non
     shared.mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
-    rootfs = md.engine.images.get("busybox").rootfs
+    rootfs = md.engine.images.get("busybox").lowerdirs[0]
     os.symlink(str(outside), os.path.join(rootfs, "escape"))
     md("run", "--rm", "-v", f"{shared}:/escape/data", "busybox", "true")
     assert list(outside.iterdir()) == [], "the mount went through the symlink onto the host"

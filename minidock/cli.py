@@ -767,8 +767,16 @@ def runtime_delete(ctx: click.Context, force: bool, container_id: str) -> None:
 
 def main() -> None:
     """Console entry point: run the CLI and map errors to Docker's exit codes."""
+    # A bare "--explain" would take the next word ("run") as its value: spell it out
+    # (only among the options before the command, never in the container's arguments).
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg == "--explain":
+            args[i] = "--explain=text"
+        elif not arg.startswith("-") and (i == 0 or args[i - 1] != "--root"):
+            break
     try:
-        code = cli.main(prog_name="minidock", standalone_mode=False)
+        code = cli.main(args, prog_name="minidock", standalone_mode=False)
     except MinidockError as exc:
         click.echo(f"minidock: {exc}", err=True)
         sys.exit(exc.exit_code)

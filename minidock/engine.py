@@ -397,7 +397,8 @@ class Engine:
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=errors,
+                # --explain: narrate the container's creation on our stderr too.
+                stderr=None if os.environ.get("MINIDOCK_EXPLAIN") else errors,
                 cwd="/",
                 env=env,
             )

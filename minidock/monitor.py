@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import cgroups
-from minidock import runtime, store, syscalls
+from minidock import explain, runtime, store, syscalls
 from minidock.container import Container, now
 from minidock.errors import MinidockError
 from minidock.logfile import JsonFileWriter
@@ -236,6 +236,7 @@ def main(argv: list[str]) -> int:
       report on READY_FD, then become the relay loop (``relay.py``);
     * ``python -S -m minidock.monitor finish ROOT ID STATUS`` — the relay's last step.
     """
+    explain.from_environment()
     if argv[0] == "finish":
         root, cid, status = argv[1], argv[2], int(argv[3])
         container = Container(store.Paths(root), cid)
@@ -250,6 +251,10 @@ def main(argv: list[str]) -> int:
     def ready(message: dict) -> None:
         os.write(ready_fd, json.dumps(message).encode() + b"\n")
         os.close(ready_fd)
+        # The command that started us is about to return: let go of its stderr.
+        log = os.open(container.path("monitor.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.dup2(log, 2)
+        os.close(log)
 
     Monitor(container).run(ready)  # returns only if the container could not start
     remove_if_auto(container)

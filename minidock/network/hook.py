@@ -180,7 +180,7 @@ def _start_proxy(root: str, cid: str, target: str, ports: list[dict], sockets: l
     env = {**os.environ, "PYTHONPATH": package_parent}
     with open(store.Paths(root).container(cid, "proxy.log"), "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "minidock.network.proxy", "--target", target, *maps],
+            [sys.executable, "-S", "-m", "minidock.network.proxy", "--target", target, *maps],
             pass_fds=[sock.fileno() for sock in sockets],
             start_new_session=True,
             stdin=subprocess.DEVNULL,

@@ -210,12 +210,17 @@ def create(
         raise Conflict(f"container with id {cid} already exists") from None
     cgroup: cgroups.Cgroup | None = None
     pid = 0
+    linux = spec.setdefault("linux", {})
+    cgroup_name = linux.get("cgroupsPath", "").strip("/")
+    st = OciState(id=cid, status=Status.CREATED, pid=0, bundle=bundle, created=_now_rfc3339(),
+                  cgroup=cgroup_name, annotations=spec.get("annotations", {}))  # fmt: skip
+    # Recorded before anything is made ("creating": no pid yet), so that even if this
+    # process is killed halfway, `delete` finds the cgroup to remove.
+    _write_state(state_dir, st)
     try:
         fifo = os.path.join(state_dir, "exec.fifo")
         os.mkfifo(fifo, 0o622)
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
-        linux = spec.setdefault("linux", {})
-        cgroup_name = linux.get("cgroupsPath", "").strip("/")
         if cgroup_name:
             cgroup = cgroups.create(cgroup_name, limits_from_spec(linux.get("resources", {})))
         ns_fds = {
@@ -256,29 +261,8 @@ def create(
                 reply = receive(parent_sock)
         if reply.get("type") != "ready":
             raise _error_from(reply)
-        st = OciState(
-            id=cid,
-            status=Status.CREATED,
-            pid=pid,
-            bundle=bundle,
-            created=_now_rfc3339(),
-            cgroup=cgroup_name,
-            pid_start=process_start_time(pid),
-            annotations=spec.get("annotations", {}),
-        )
-        store.write_json(
-            os.path.join(state_dir, "state.json"),
-            {
-                "id": st.id,
-                "status": st.status.value,
-                "pid": st.pid,
-                "bundle": st.bundle,
-                "created": st.created,
-                "cgroup": st.cgroup,
-                "pid_start": st.pid_start,
-                "annotations": st.annotations,
-            },
-        )
+        st.pid, st.pid_start = pid, process_start_time(pid)
+        _write_state(state_dir, st)
         if pid_file:
             with open(pid_file, "w") as f:
                 f.write(str(pid))
@@ -324,6 +308,14 @@ def run_hooks(spec: dict, phase: str, hook_state: dict, check: bool = True) -> N
             if check:
                 raise MinidockError(message) from None
             os.write(2, f"minidock: {message}\n".encode())
+
+
+def _write_state(state_dir: str, st: OciState) -> None:
+    store.write_json(os.path.join(state_dir, "state.json"), {
+        "id": st.id, "status": st.status.value, "pid": st.pid, "bundle": st.bundle,
+        "created": st.created, "cgroup": st.cgroup, "pid_start": st.pid_start,
+        "annotations": st.annotations,
+    })  # fmt: skip
 
 
 def _error_from(reply: dict) -> MinidockError:

@@ -309,7 +309,10 @@ class Engine:
             "ports": ports,
             "port_mode": self.port_mode,
         })  # fmt: skip
-        env = [f"{k}={v}" for k, v in os.environ.items()] + [f"PYTHONPATH={_package_parent()}"]
+        env = [f"PATH={os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+               f"PYTHONPATH={_package_parent()}"]  # fmt: skip
+        if os.environ.get("MINIDOCK_EXPLAIN"):
+            env.append(f"MINIDOCK_EXPLAIN={os.environ['MINIDOCK_EXPLAIN']}")
         hook = [sys.executable, "-m", "minidock.network.hook"]
         return {
             "createRuntime": [{"path": sys.executable, "args": [*hook, "setup", self.paths.root],

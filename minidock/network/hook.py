@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 
 import minidock
-from minidock import store
+from minidock import explain, store
 from minidock.errors import MinidockError
 from minidock.network import bridge, hosts, nat
 from minidock.network.networks import (
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m minidock.network.hook setup|teardown ROOT", file=sys.stderr)
         return 2
     phase, root = args
+    explain.from_environment()
     try:
         state = json.load(sys.stdin)
         if phase == "setup":

@@ -300,7 +300,8 @@ def run_hooks(spec: dict, phase: str, hook_state: dict, check: bool = True) -> N
                 timeout=hook.get("timeout"),
                 check=True,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                # Captured for the error message, unless --explain wants the narration.
+                stderr=None if os.environ.get("MINIDOCK_EXPLAIN") else subprocess.PIPE,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", b"") or b""

@@ -513,6 +513,25 @@ def network_inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
     click.echo(json.dumps(result, indent=4))
 
 
+@network.command("connect", context_settings=_CONTEXT)
+@click.option("--alias", multiple=True, help="Another name for the container on this network.")
+@click.argument("name")
+@click.argument("container")
+@click.pass_context
+def network_connect(ctx: click.Context, alias: tuple[str, ...], name: str, container: str) -> None:
+    """Connect a container to a network (at once if it runs)."""
+    _engine(ctx).network_connect(name, container, list(alias))
+
+
+@network.command("disconnect", context_settings=_CONTEXT)
+@click.argument("name")
+@click.argument("container")
+@click.pass_context
+def network_disconnect(ctx: click.Context, name: str, container: str) -> None:
+    """Disconnect a container from a network."""
+    _engine(ctx).network_disconnect(name, container)
+
+
 @network.command("rm", context_settings=_CONTEXT)
 @click.argument("names", nargs=-1, required=True)
 @click.pass_context

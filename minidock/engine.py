@@ -206,6 +206,9 @@ class Engine:
             **{f"{p.container_port}/{p.proto}": {} for p in opts.publish},
         }
         config["NetworkAliases"] = opts.network_aliases
+        # The bridge networks to join, in order (``network connect`` adds more).
+        networks = [{"name": opts.network, "aliases": opts.network_aliases}]
+        host_config["Networks"] = networks if self._is_bridge(opts.network) else []
         argv = spec.command_line(config, image.config)
         if not argv:
             raise InvalidArgument("no command specified")
@@ -304,8 +307,8 @@ class Engine:
         name = record["Name"].lstrip("/")
         store.write_json(c.path("network.json"), {
             "name": name,
-            "networks": [{"name": host["NetworkMode"],
-                          "aliases": [name, *config.get("NetworkAliases", [])]}],
+            "networks": [{"name": n["name"], "aliases": [name, *n["aliases"]]}
+                         for n in host["Networks"]],
             "ports": ports,
             "port_mode": self.port_mode,
         })  # fmt: skip
@@ -320,6 +323,46 @@ class Engine:
             "poststop": [{"path": sys.executable, "args": [*hook, "teardown", self.paths.root],
                           "env": env}],
         }  # fmt: skip
+
+    def network_connect(self, network: str, ref: str, aliases: list[str]) -> Container:
+        """Join another network: recorded for every later start, and plugged in at once
+        (one more veth) if the container is running."""
+        from minidock.network import hook
+
+        c = self.find(ref)
+        net = self.networks.default() if network == "bridge" else self.networks.get(network)
+        with c.operation_lock():
+            record = c.record()
+            host = record["HostConfig"]
+            if not self._is_bridge(host["NetworkMode"]):
+                raise Conflict(f"container {c.name} uses --network {host['NetworkMode']}: "
+                               "it can't be connected to a network")  # fmt: skip
+            if any(n["name"] == net.name for n in host["Networks"]):
+                raise Conflict(f"container {c.name} is already connected to {net.name}")
+            st = c.state()
+            if st["Status"] == Status.RUNNING:
+                name = record["Name"].lstrip("/")
+                hook.connect(self.paths.root, c.id, st["Pid"], name,
+                             {"name": net.name, "aliases": [name, *aliases]})  # fmt: skip
+            host["Networks"].append({"name": net.name, "aliases": aliases})
+            store.write_json(c.path("container.json"), record)
+        return c
+
+    def network_disconnect(self, network: str, ref: str) -> Container:
+        from minidock.network import hook
+
+        c = self.find(ref)
+        with c.operation_lock():
+            record = c.record()
+            host = record["HostConfig"]
+            kept = [n for n in host["Networks"] if n["name"] != network]
+            if len(kept) == len(host["Networks"]):
+                raise Conflict(f"container {c.name} is not connected to network {network}")
+            if c.status() is Status.RUNNING:
+                hook.disconnect(self.paths.root, c.id, network)
+            host["Networks"] = kept
+            store.write_json(c.path("container.json"), record)
+        return c
 
     def _image_of(self, record: dict) -> Image:
         return self.images.get(record["Image"])

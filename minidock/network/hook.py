@@ -92,43 +92,61 @@ def setup(root: str, cid: str, pid: int) -> dict:
 
 def _connect(root: str, cid: str, pid: int, request: dict, done: dict) -> None:
     networks = NetworkStore(root)
-    joined: list[Network] = []
-    for index, wanted in enumerate(request["networks"]):
-        name = wanted["name"]
-        net = networks.default() if name == DEFAULT_NETWORK else networks.get(name)
-        veth = veth_name(cid, net.id)
-        endpoint = networks.connect(
-            net,
-            cid,
-            {"name": request.get("name"), "aliases": wanted.get("aliases", []), "veth": veth},
-        )
-        ifname = f"eth{index}"
-        bridge.plug(
-            pid,
-            net.bridge,
-            ifname,
-            f"{endpoint['ip']}/{net.prefix_len}",
-            net.gateway if index == 0 else None,
-            endpoint["mac"],
-            veth=veth,
-        )
-        joined.append(net)
-        done["networks"].append(
-            {
-                "name": net.name,
-                "id": net.id,
-                "bridge": net.bridge,
-                "ifname": ifname,
-                "ip": endpoint["ip"],
-                "prefix_len": net.prefix_len,
-                "gateway": net.gateway,
-                "mac": endpoint["mac"],
-                "veth": veth,
-                "aliases": hosts.endpoint_names(endpoint),
-            }
-        )
+    joined = [_join(networks, cid, pid, request.get("name"), wanted, done)
+              for wanted in request["networks"]]  # fmt: skip
     neighbours = {e["cid"] for net in joined for e in networks.endpoints(net)}
     hosts.refresh(networks, [cid, *sorted(neighbours)])
+
+
+def _join(networks: NetworkStore, cid: str, pid: int, name: str | None, wanted: dict,
+          done: dict) -> Network:  # fmt: skip
+    """Plug the container into one network as the next free ``ethN`` (the first one it
+    joins carries the default route) and record it in ``done``."""
+    net = networks.default() if wanted["name"] == DEFAULT_NETWORK else networks.get(wanted["name"])
+    veth = veth_name(cid, net.id)
+    endpoint = networks.connect(
+        net, cid, {"name": name, "aliases": wanted.get("aliases", []), "veth": veth}
+    )
+    used = {n["ifname"] for n in done["networks"]}
+    ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+    bridge.plug(pid, net.bridge, ifname, f"{endpoint['ip']}/{net.prefix_len}",
+                None if done["networks"] else net.gateway, endpoint["mac"], veth=veth)  # fmt: skip
+    done["networks"].append({
+        "name": net.name, "id": net.id, "bridge": net.bridge, "ifname": ifname,
+        "ip": endpoint["ip"], "prefix_len": net.prefix_len, "gateway": net.gateway,
+        "mac": endpoint["mac"], "veth": veth, "aliases": hosts.endpoint_names(endpoint),
+    })  # fmt: skip
+    return net
+
+
+def connect(root: str, cid: str, pid: int, name: str, wanted: dict) -> None:
+    """``network connect`` of a running container: one more veth, into one more network."""
+    paths = store.Paths(root)
+    state_path = paths.container(cid, "network-state.json")
+    done = store.read_json(state_path)
+    if any(n["name"] == wanted["name"] for n in done["networks"]):
+        raise MinidockError(f"container {name} is already connected to {wanted['name']}")
+    networks = NetworkStore(root)
+    net = _join(networks, cid, pid, name, wanted, done)
+    store.write_json(state_path, done)
+    hosts.refresh(networks, [cid, *sorted(e["cid"] for e in networks.endpoints(net))])
+
+
+def disconnect(root: str, cid: str, network: str) -> None:
+    """``network disconnect`` of a running container: unplug its veth from one network."""
+    paths = store.Paths(root)
+    state_path = paths.container(cid, "network-state.json")
+    done = store.read_json(state_path)
+    entry = next((n for n in done["networks"] if n["name"] == network), None)
+    if entry is None:
+        raise MinidockError(f"container is not connected to network {network}")
+    networks = NetworkStore(root)
+    net = networks.get(entry["id"])
+    bridge.unplug(entry["veth"])  # deleting one end of a veth pair deletes both
+    networks.disconnect(net, cid)
+    done["networks"].remove(entry)
+    store.write_json(state_path, done)
+    hosts.refresh(networks, [cid, *sorted(e["cid"] for e in networks.endpoints(net))])
 
 
 def _publish(root: str, cid: str, ports: list[dict], done: dict) -> None:

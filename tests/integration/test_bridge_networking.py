@@ -208,3 +208,24 @@ def test_network_connect_and_disconnect(md: Minidock) -> None:
     assert md("exec", "cli", "ls", "/sys/class/net").stdout.split() == ["eth0", "lo"]
     proc = md("network", "disconnect", "right", "cli", check=False)
     assert proc.returncode == 125 and "not connected" in proc.stderr
+
+
+def test_a_killed_monitor_is_repaired_and_nothing_is_left_listening(md: Minidock) -> None:
+    port = free_port()
+    cid = md("run", "-d", "-p", f"127.0.0.1:{port}:80", "busybox", *HTTPD).stdout.strip()
+    assert fetch(port).startswith("hello-from-")
+    from minidock.runtime import is_alive
+
+    with open(os.path.join(md.root, "containers", cid, "state.json")) as f:
+        state = json.load(f)
+    monitor, started = state["MonitorPid"], state["MonitorPidStart"]
+    os.kill(monitor, 9)  # the monitor this test started, by PID
+    assert wait_for(lambda: not is_alive(monitor, started))
+    assert md.inspect(cid)["State"]["Running"]  # unsupervised, but still running
+    md("stop", "-t", "0", cid)
+    state = md.inspect(cid)["State"]
+    assert state["Status"] == "exited" and state["ExitCode"] == 255  # unknown: nobody reaped it
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+    md("rm", cid)
+    assert leftovers(md) == {"veths": [], "dnat": []}

@@ -558,7 +558,11 @@ def network_prune(ctx: click.Context) -> None:
 def inspect(ctx: click.Context, fmt: str | None, targets: tuple[str, ...]) -> None:
     """Return low-level information on containers."""
     engine = _engine(ctx)
-    results = [engine.inspect(t) for t in targets]
+    echo_inspected([engine.inspect(t) for t in targets], fmt)
+
+
+def echo_inspected(results: list[dict], fmt: str | None) -> None:
+    """Print ``inspect`` output: a JSON array, or each object through a ``--format``."""
     if fmt:
         for r in results:
             click.echo(_render_path(fmt, r))

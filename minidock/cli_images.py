@@ -7,14 +7,13 @@ flags, calls the image store, the builder or the archive module, and prints the 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
 import click
 
-from minidock.cli import _CONTEXT, _ago, _engine, _human_bytes, _render_path, _table
+from minidock.cli import _CONTEXT, _ago, _engine, _human_bytes, _table, echo_inspected
 from minidock.errors import ImageNotFound, InvalidArgument, MinidockError
 from minidock.state import Status
 
@@ -188,12 +187,7 @@ def image() -> None:
 def image_inspect(ctx: click.Context, fmt: str | None, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more images."""
     images = _engine(ctx).images
-    results = [images.inspect(r) for r in refs]
-    if fmt:
-        for r in results:
-            click.echo(_render_path(fmt, r))
-    else:
-        click.echo(json.dumps(results, indent=4))
+    echo_inspected([images.inspect(r) for r in refs], fmt)
 
 
 @image.command("ls", context_settings=_CONTEXT)

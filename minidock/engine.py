@@ -77,6 +77,8 @@ class RunOptions:
     log_max_files: int = logfile.DEFAULT_MAX_FILES
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)
     read_only: bool = False
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    security_opt: list[str] = field(default_factory=list)
     stop_signal: str | None = None
     stop_timeout: int | None = None
 
@@ -159,6 +161,7 @@ class Engine:
             self.networks.get(opts.network)  # NotFound unless it was created
         if (opts.publish or opts.publish_all) and not self._is_bridge(opts.network):
             raise InvalidArgument(f"ports can't be published with --network {opts.network}")
+        spec.security_options(opts.security_opt)  # refuse unknown options now, not at start
         cid = secrets.token_hex(32)
         hostname = opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12])
         config = {
@@ -195,6 +198,8 @@ class Engine:
             "PidsLimit": opts.pids_limit,
             "Init": opts.init,
             "ReadonlyRootfs": opts.read_only,
+            "Tmpfs": opts.tmpfs,
+            "SecurityOpt": opts.security_opt,
             "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in opts.ulimits],
             "LogConfig": {
                 "Type": "json-file",
@@ -538,12 +543,15 @@ class Engine:
             os.close(pidfd)
 
     @staticmethod
-    def _wait_recorded(c: Container, timeout: float = 10) -> dict:
+    def _wait_recorded(c: Container, timeout: float = 120) -> dict:
         """Wait for the monitor to record the exit (or repair the record if the monitor
         died). Returns the last state seen — the exited one, unless ``--rm`` removed the
-        container before we looked."""
+        container before we looked. Recording includes the poststop hooks (network
+        teardown), which on a slow machine take seconds, so the timeout is generous: it
+        only guards against a monitor that hangs."""
         deadline = time.monotonic() + timeout
         last: dict = {}
+        pause = 0.005
         while True:
             try:
                 last = c.state()
@@ -554,7 +562,8 @@ class Engine:
             if time.monotonic() > deadline:
                 raise MinidockError(f"container {c.id[:12]} did not record its exit")
             c.repair()
-            time.sleep(0.005)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def pause(self, ref: str) -> Container:
         """Freeze every process of the container (the cgroup freezer: v2 ``cgroup.freeze``,

@@ -25,6 +25,8 @@ def _cgroup_file(md: Minidock, name: str, v1: tuple[str, str], v2: str) -> str:
 def test_memory_limit_oom_kills_with_137(md: Minidock) -> None:
     proc = md(
         "run",
+        "--network",
+        "none",
         "--name",
         "oom",
         "-m",
@@ -46,6 +48,8 @@ def test_memory_limit_oom_kills_with_137(md: Minidock) -> None:
 def test_limits_are_written_to_the_cgroup(md: Minidock) -> None:
     md(
         "run",
+        "--network",
+        "none",
         "-d",
         "--name",
         "lim",
@@ -71,7 +75,20 @@ def test_limits_are_written_to_the_cgroup(md: Minidock) -> None:
 
 
 def test_cpus_throttle_a_busy_loop(md: Minidock) -> None:
-    md("run", "-d", "--name", "busy", "--cpus", "0.2", "busybox", "sh", "-c", "while :; do :; done")
+    md(
+        "run",
+        "--network",
+        "none",
+        "-d",
+        "--name",
+        "busy",
+        "--cpus",
+        "0.2",
+        "busybox",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    )
     _, first = md.engine.stats("busy")
     start = time.monotonic()
     time.sleep(1.5)
@@ -86,7 +103,20 @@ def test_pids_limit_contains_a_fork_bomb(md: Minidock) -> None:
     # The inner shell forks until the kernel refuses (EAGAIN), then gives up; the outer one
     # stays as PID 1 without needing another fork (exec).
     bomb = "sh -c 'for i in $(seq 200); do sleep 30 & done'; exec sleep 30"
-    md("run", "-d", "--name", "bomb", "--pids-limit", "20", "busybox", "sh", "-c", bomb)
+    md(
+        "run",
+        "--network",
+        "none",
+        "-d",
+        "--name",
+        "bomb",
+        "--pids-limit",
+        "20",
+        "busybox",
+        "sh",
+        "-c",
+        bomb,
+    )
     assert wait_for(lambda: "can't fork" in md("logs", "bomb").stderr, 10)
     pids = md.engine.stats("bomb")[1].pids_current
     assert 18 <= pids <= 20
@@ -95,7 +125,9 @@ def test_pids_limit_contains_a_fork_bomb(md: Minidock) -> None:
 
 
 def test_rm_leaves_no_cgroup(md: Minidock) -> None:
-    cid = md("run", "-d", "--name", "gone", "-m", "16m", "busybox", "sleep", "30").stdout.strip()
+    cid = md(
+        "run", "--network", "none", "-d", "--name", "gone", "-m", "16m", "busybox", "sleep", "30"
+    ).stdout.strip()
     group = cgroups.open_cgroup(f"{md.cgroup_parent}/{cid}")
     assert group.exists()
     md("rm", "-f", "gone")
@@ -113,8 +145,8 @@ def test_works_when_the_caller_sits_in_a_cgroup_with_processes(md: Minidock) -> 
             "cat /proc/self/cgroup; cat /sys/fs/cgroup/memory.max 2>/dev/null"
             " || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
         )
-        command = [sys.executable, "-m", "minidock", "run", "--rm", "-m", "48m", "busybox",
-                   "sh", "-c", script]  # fmt: skip
+        command = [sys.executable, "-m", "minidock", "run", "--rm", "--network=none", "-m", "48m",
+                   "busybox", "sh", "-c", script]  # fmt: skip
         proc = subprocess.run(
             command, env=md.env, capture_output=True, text=True, timeout=60, cwd="/",
             preexec_fn=lambda: caller.add_process(os.getpid()),
@@ -128,7 +160,18 @@ def test_works_when_the_caller_sits_in_a_cgroup_with_processes(md: Minidock) -> 
 
 
 def test_pause_freezes_and_unpause_resumes(md: Minidock) -> None:
-    md("run", "-d", "--name", "spin", "busybox", "sh", "-c", "while :; do :; done")
+    md(
+        "run",
+        "--network",
+        "none",
+        "-d",
+        "--name",
+        "spin",
+        "busybox",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    )
     md("pause", "spin")
     assert md("ps", "--format", "{{.State}}").stdout.split() == ["paused"]
     _, before = md.engine.stats("spin")
@@ -143,8 +186,8 @@ def test_pause_freezes_and_unpause_resumes(md: Minidock) -> None:
 
 
 def test_stop_and_rm_of_a_paused_container(md: Minidock) -> None:
-    md("run", "-d", "--name", "p1", "busybox", "sleep", "60")
-    md("run", "-d", "--name", "p2", "busybox", "sleep", "60")
+    md("run", "--network", "none", "-d", "--name", "p1", "busybox", "sleep", "60")
+    md("run", "--network", "none", "-d", "--name", "p2", "busybox", "sleep", "60")
     md("pause", "p1", "p2")
     md("stop", "-t", "1", "p1")
     assert md.inspect("p1")["State"]["Status"] == "exited"

@@ -77,8 +77,6 @@ class RunOptions:
     log_max_files: int = logfile.DEFAULT_MAX_FILES
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)
     read_only: bool = False
-    tmpfs: dict[str, str] = field(default_factory=dict)
-    security_opt: list[str] = field(default_factory=list)
     stop_signal: str | None = None
     stop_timeout: int | None = None
 
@@ -161,7 +159,6 @@ class Engine:
             self.networks.get(opts.network)  # NotFound unless it was created
         if (opts.publish or opts.publish_all) and not self._is_bridge(opts.network):
             raise InvalidArgument(f"ports can't be published with --network {opts.network}")
-        spec.security_options(opts.security_opt)  # refuse unknown options now, not at start
         cid = secrets.token_hex(32)
         hostname = opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12])
         config = {
@@ -198,8 +195,6 @@ class Engine:
             "PidsLimit": opts.pids_limit,
             "Init": opts.init,
             "ReadonlyRootfs": opts.read_only,
-            "Tmpfs": opts.tmpfs,
-            "SecurityOpt": opts.security_opt,
             "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in opts.ulimits],
             "LogConfig": {
                 "Type": "json-file",

@@ -103,9 +103,11 @@ def resolve(
         return sorted(available or CAPABILITIES, key=CAPABILITIES.__getitem__)
     added = [normalize(n) for n in add]
     dropped = [normalize(n) for n in drop]
-    caps = set() if "CAP_ALL" in dropped else set(DOCKER_DEFAULT)
-    caps -= set(dropped)
-    caps |= set(CAPABILITIES) if "CAP_ALL" in added else set(added)
+    if "CAP_ALL" in added:  # everything but what is dropped
+        caps = set(CAPABILITIES) - set(dropped)
+    else:
+        caps = (set() if "CAP_ALL" in dropped else set(DOCKER_DEFAULT)) - set(dropped)
+        caps |= set(added)
     caps.discard("CAP_ALL")
     return sorted(caps, key=CAPABILITIES.__getitem__)
 

@@ -2,8 +2,9 @@
 
 This is the hand-off between engine and runtime, as between dockerd and runc: everything
 the runtime does is written down here first — namespaces, mounts, devices, capabilities,
-masked paths, cgroup limits — with Docker's defaults (moby ``oci/defaults.go``). The
-functions are pure: the same inputs give the same spec, and the unit tests check it.
+masked paths, the seccomp filter, cgroup limits — with Docker's defaults (moby
+``oci/defaults.go``). The functions are pure: the same inputs give the same spec (on the
+same kernel: seccomp rules can depend on its version), and the unit tests check it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 import stat
 
 from cgroups.limits import cpus_to_quota
-from minidock import caps
+from minidock import caps, seccomp
+from minidock.errors import InvalidArgument
 
 OCI_VERSION = "1.0.2"
 
@@ -146,6 +148,50 @@ def bind_mount(source: str, destination: str, read_only: bool) -> dict:
     }
 
 
+def tmpfs_mount(destination: str, options: str) -> dict:
+    """A ``--tmpfs`` mount: Docker's noexec, nosuid, nodev, then the user's options (a later
+    ``exec`` or ``suid`` wins)."""
+    return {
+        "destination": destination,
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["noexec", "nosuid", "nodev", *filter(None, options.split(","))],
+    }
+
+
+def _depth(mount: dict) -> int:
+    return len(os.path.normpath(mount["destination"]).strip("/").split("/"))
+
+
+#: What Go's strconv.ParseBool accepts, which Docker uses for ``no-new-privileges=…``.
+_BOOLEANS = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
+
+
+def security_options(options: list[str]) -> tuple[bool, str | None]:
+    """Docker's ``--security-opt`` values → (no_new_privileges, seccomp).
+
+    ``no-new-privileges[=bool]``; ``seccomp=unconfined``, ``seccomp=builtin`` (the default
+    profile) or ``seccomp=<profile JSON>`` (the CLI has already replaced a file name by the
+    file's content). ``:`` is accepted for ``=``, as Docker still does. ``seccomp`` comes
+    back as ``"unconfined"``, the profile's JSON, or None for Docker's default profile.
+    There is no AppArmor or SELinux here, so ``apparmor=`` and ``label=`` are refused.
+    """
+    no_new_privileges, profile = False, None
+    for option in options:
+        if option == "no-new-privileges":
+            no_new_privileges = True
+            continue
+        separator = "=" if "=" in option else ":"
+        key, _, value = option.partition(separator)
+        if key == "no-new-privileges" and value.lower() in _BOOLEANS:
+            no_new_privileges = _BOOLEANS[value.lower()]
+        elif key == "seccomp" and value:
+            profile = None if value == "builtin" else value
+        else:
+            raise InvalidArgument(f'invalid --security-opt: "{option}"')
+    return no_new_privileges, profile
+
+
 def host_devices() -> list[dict]:
     """Every character and block device directly in the host's /dev (for ``--privileged``)."""
     devices = []
@@ -241,11 +287,15 @@ def build(
         host.get("CapAdd") or [], host.get("CapDrop") or [], privileged, host_caps
     )
     uid, gid, groups = identity
+    no_new_privileges, seccomp_profile = security_options(host.get("SecurityOpt") or [])
     mounts = default_mounts(privileged)
     mounts += [bind_mount(src, dst, read_only=False) for dst, src in sorted(etc_files.items())]
+    user_mounts: list[dict] = []
     for bind in host.get("Binds") or []:
         source, destination, *mode = bind.split(":")
-        mounts.append(bind_mount(source, destination, read_only=mode == ["ro"]))
+        user_mounts.append(bind_mount(source, destination, read_only=mode == ["ro"]))
+    user_mounts += [tmpfs_mount(dst, opts) for dst, opts in (host.get("Tmpfs") or {}).items()]
+    mounts += sorted(user_mounts, key=_depth)  # a parent before what is mounted inside it
     devices = (
         host_devices()
         if privileged
@@ -265,6 +315,20 @@ def build(
     annotations = {"org.minidock.name": container["Name"].lstrip("/")}
     if host.get("Init"):
         annotations["org.minidock.init"] = "true"
+    linux = {
+        "namespaces": namespaces(host.get("NetworkMode", "none"), network_path),
+        "cgroupsPath": cgroup_path,
+        "resources": resources(host),
+        "devices": devices,
+        "maskedPaths": [] if privileged else MASKED_PATHS,
+        "readonlyPaths": [] if privileged else READONLY_PATHS,
+        "rootfsPropagation": "rprivate",
+    }
+    # --privileged also means seccomp=unconfined, as in Docker.
+    if not privileged and seccomp_profile != "unconfined":
+        oci_seccomp = seccomp.for_container(seccomp_profile, capabilities)
+        if oci_seccomp is not None:
+            linux["seccomp"] = oci_seccomp
     return {
         "ociVersion": OCI_VERSION,
         "process": {
@@ -281,20 +345,12 @@ def build(
                 "ambient": [],
             },
             "rlimits": rlimits(host.get("Ulimits") or [], host_hard_limits),
-            "noNewPrivileges": False,
+            "noNewPrivileges": no_new_privileges,
             "oomScoreAdj": 0,
         },
         "root": {"path": rootfs, "readonly": bool(host.get("ReadonlyRootfs"))},
         "hostname": config["Hostname"],
         "mounts": mounts,
         "annotations": annotations,
-        "linux": {
-            "namespaces": namespaces(host.get("NetworkMode", "none"), network_path),
-            "cgroupsPath": cgroup_path,
-            "resources": resources(host),
-            "devices": devices,
-            "maskedPaths": [] if privileged else MASKED_PATHS,
-            "readonlyPaths": [] if privileged else READONLY_PATHS,
-            "rootfsPropagation": "rprivate",
-        },
+        "linux": linux,
     }

@@ -106,7 +106,9 @@ _PRCTL_NAMES = {
 _SYS_PIVOT_ROOT = 155
 _SYS_CAPSET = 126
 _SYS_CLOSE_RANGE = 436
+_SYS_SECCOMP = 317
 CLOSE_RANGE_CLOEXEC = 0x4
+SECCOMP_SET_MODE_FILTER = 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -277,6 +279,31 @@ def close_range_cloexec(first: int, reason: str = "") -> None:
             ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
         ),
         "close_range",
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def seccomp_set_mode_filter(program: bytes, reason: str = "") -> None:
+    """Install a classic-BPF program (8-byte instructions) that the kernel runs on every
+    later system call of this thread and its descendants (seccomp(2)).
+
+    Without no_new_privs the kernel demands CAP_SYS_ADMIN: otherwise an unprivileged user
+    could make a call fail inside a setuid program that doesn't expect it to.
+    """
+    count = len(program) // 8
+    _narrate(lambda: f"seccomp(SECCOMP_SET_MODE_FILTER, 0, {{len={count}}})", reason)
+    fprog = _SockFprog(count, program)
+    _check(
+        _libc.syscall(
+            _SYS_SECCOMP,
+            ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+            ctypes.c_uint(0),
+            ctypes.byref(fprog),
+        ),
+        "seccomp",
     )
 
 

@@ -13,7 +13,8 @@ network, PID, mount and cgroup namespaces. Two details matter:
 
 The helper is the host's python, non-dumpable, and never visible inside the container
 (it stays in the host's PID namespace). The program gets the container's capabilities,
-user and no_new_privs exactly as its first process did, and no host descriptor.
+user, no_new_privs and seccomp filter exactly as its first process did, and no host
+descriptor.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import signal
 import socket
 
 import cgroups
-from minidock import syscalls
+from minidock import store, syscalls
 from minidock.errors import InvalidState, MinidockError
 from minidock.runtime import _error_from, state
 from minidock.runtime.init import (
+    compile_seccomp,
     exec_program,
     find_program,
     open_console,
@@ -57,11 +59,12 @@ def exec_process(root: str, cid: str, process: dict, *,
     ns_fds = {kind: os.open(f"/proc/{st.pid}/ns/{syscalls.NAMESPACE_FILES[kind]}",
                             os.O_RDONLY | os.O_CLOEXEC) for kind in _JOIN}  # fmt: skip
     group = cgroups.open_cgroup(st.cgroup) if st.cgroup else None
+    linux = store.read_json(os.path.join(st.bundle, "config.json")).get("linux", {})
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         parent_sock.close()
-        _helper(process, ns_fds, group, child_sock, stdio, console)
+        _helper(process, linux.get("seccomp"), ns_fds, group, child_sock, stdio, console)
     child_sock.close()
     for fd in ns_fds.values():
         os.close(fd)
@@ -84,9 +87,9 @@ def _close_all_but(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _helper(process: dict, ns_fds: dict[str, int], group: cgroups.Cgroup | None,
-            sync: socket.socket, stdio: tuple[int, int, int] | None,
-            console: socket.socket | None) -> None:  # fmt: skip
+def _helper(process: dict, seccomp_profile: dict | None, ns_fds: dict[str, int],
+            group: cgroups.Cgroup | None, sync: socket.socket,
+            stdio: tuple[int, int, int] | None, console: socket.socket | None) -> None:  # fmt: skip
     """Join the container, fork the program into its PID namespace, wait, exit with its
     status. Never returns."""
     try:
@@ -99,6 +102,7 @@ def _helper(process: dict, ns_fds: dict[str, int], group: cgroups.Cgroup | None,
         _close_all_but(keep)
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL,
                        reason="die with the exec command")  # fmt: skip
+        seccomp_program = compile_seccomp(seccomp_profile)  # before setns hides libseccomp
         if group is not None:
             group.add_process(os.getpid())
         for kind, fd in ns_fds.items():
@@ -114,7 +118,7 @@ def _helper(process: dict, ns_fds: dict[str, int], group: cgroups.Cgroup | None,
                     os.dup2(fd, target)
             if process.get("terminal"):
                 open_console(console, bind_dev_console=False)
-            set_process_attributes({"process": process})
+            set_process_attributes({"process": process}, seccomp_program)
             program = find_program(process)
             send(sync, {"type": "ready"})
             sync.close()

@@ -8,7 +8,8 @@ then, in order:
 3. makes itself non-dumpable — it is the *host's* python, and until it execs, a process in
    the container must not be able to reach it through ``/proc/1/exe`` (CVE-2019-5736);
 4. builds the root filesystem and pivots into it (``rootfs.py``);
-5. sets hostname, rlimits, capabilities, uid/gid and no_new_privs;
+5. sets hostname, rlimits, capabilities, uid/gid and no_new_privs, and installs the
+   seccomp filter (compiled earlier, while the host's libseccomp was still reachable);
 6. tells the parent it is ready (OCI state ``created``) and blocks on the exec FIFO;
 7. when ``start`` opens the FIFO, marks every inherited descriptor close-on-exec and execs
    the user's program, which replaces this Python process entirely.
@@ -66,6 +67,8 @@ def container_init(
         # The namespaces exist: the runtime runs its createRuntime hooks now (e.g. to plug
         # a veth into our network namespace), before the root filesystem is switched.
         send(sync, {"type": "namespaces"})
+        # Meanwhile, compile the seccomp filter (it needs the host's libseccomp).
+        seccomp_program = compile_seccomp(spec["linux"].get("seccomp"))
         if receive(sync).get("type") != "continue":
             os._exit(1)
         syscalls.prctl(
@@ -77,7 +80,7 @@ def container_init(
         process = spec["process"]
         if process.get("terminal"):
             open_console(console)
-        set_process_attributes(spec)
+        set_process_attributes(spec, seccomp_program)
         program = find_program(process)
         send(sync, {"type": "ready"})
         sync.close()
@@ -192,8 +195,22 @@ def open_console(console: socket.socket | None, bind_dev_console: bool = True) -
     os.close(slave)
 
 
-def set_process_attributes(spec: dict) -> None:
-    """rlimits, oom_score_adj, then identity and capabilities, then no_new_privs."""
+def compile_seccomp(profile: dict | None) -> bytes | None:
+    """The spec's ``linux.seccomp`` compiled to a BPF program (None: no filter).
+
+    Done early, in the host's mount namespace: libseccomp is a host library, out of reach
+    once the root is pivoted (or the container's mount namespace joined).
+    """
+    if not profile:
+        return None
+    from minidock import seccomp  # not at the top: the monitor imports this module
+
+    return seccomp.compile_filter(profile)
+
+
+def set_process_attributes(spec: dict, seccomp_program: bytes | None = None) -> None:
+    """rlimits, oom_score_adj, then identity and capabilities, then no_new_privs; the
+    seccomp filter goes in before the capabilities are dropped or after no_new_privs."""
     process = spec["process"]
     for limit in process.get("rlimits", []):
         which = getattr(resource, limit["type"])
@@ -205,14 +222,28 @@ def set_process_attributes(spec: dict) -> None:
             f.write(str(process["oomScoreAdj"]))
     cwd = process.get("cwd", "/")
     os.makedirs(cwd, exist_ok=True)
+    no_new_privs = bool(process.get("noNewPrivileges"))
+    if seccomp_program is not None and not no_new_privs:
+        # Without no_new_privs, installing a filter takes CAP_SYS_ADMIN — which the next
+        # step may drop. So, as runc does, install it while we still hold it; the rest of
+        # the setup (capset, setresuid, chdir…) then has to pass it, as Docker's profile lets it.
+        syscalls.seccomp_set_mode_filter(
+            seccomp_program, reason="the seccomp filter, while we still hold CAP_SYS_ADMIN"
+        )
     _set_capabilities_and_user(process)
     os.chdir(cwd)
     if not os.getcwd().startswith("/"):  # the kernel says "(unreachable)/…" outside the root
         raise InvalidArgument(f"working directory {cwd} is outside the container")
-    if process.get("noNewPrivileges"):
+    if no_new_privs:
         syscalls.prctl(
             syscalls.PR_SET_NO_NEW_PRIVS, 1, reason="setuid binaries can no longer gain privileges"
         )
+        if seccomp_program is not None:
+            # With no_new_privs no capability is needed: install it as late as possible, so
+            # the profile has to allow as few of the runtime's own calls as possible (runc).
+            syscalls.seccomp_set_mode_filter(
+                seccomp_program, reason="the seccomp filter: from now on, disallowed calls fail"
+            )
 
 
 def _set_capabilities_and_user(process: dict) -> None:

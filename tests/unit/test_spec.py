@@ -108,5 +108,7 @@ def test_capability_names() -> None:
         caps.CAPABILITIES, key=caps.CAPABILITIES.__getitem__
     )
     assert caps.resolve([], ["ALL"]) == []
+    assert "CAP_NET_RAW" not in caps.resolve(["ALL"], ["NET_RAW"])
+    assert caps.resolve(["CHOWN"], ["ALL"]) == ["CAP_CHOWN"]
     with pytest.raises(InvalidArgument, match="NOPE"):
         caps.normalize("NOPE")

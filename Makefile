@@ -10,7 +10,8 @@ PYTHON ?= python3
 VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 SAMPLES := $(CURDIR)/rootfs-samples/out
-APT_PACKAGES := busybox-static iptables iproute2 runc skopeo umoci hyperfine curl socat \
+APT_PACKAGES := busybox-static iptables iproute2 runc skopeo umoci docker-registry apache2-utils \
+	openssl hyperfine curl socat \
 	qemu-system-x86 linux-image-amd64
 
 .PHONY: install deps venv images demo test test-host test-v2 lint bench

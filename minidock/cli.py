@@ -81,6 +81,11 @@ def _container_options(func: Callable) -> Callable:
         click.option("--cap-drop", multiple=True, help="Drop Linux capabilities."),
         click.option("--privileged", is_flag=True, help="Give extended privileges."),
         click.option(
+            "--security-opt",
+            multiple=True,
+            help="no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json.",
+        ),
+        click.option(
             "--network",
             "--net",
             default="bridge",
@@ -96,6 +101,13 @@ def _container_options(func: Callable) -> Callable:
         ),
         click.option("-P", "--publish-all", is_flag=True, help="Publish all exposed ports."),
         click.option(
+            "--pull",
+            type=click.Choice(["missing", "always", "never"]),
+            default="missing",
+            show_default=True,
+            help="Pull the image before running.",
+        ),
+        click.option(
             "--init",
             is_flag=True,
             help="Run an init inside the container that forwards signals and reaps processes.",
@@ -109,6 +121,7 @@ def _container_options(func: Callable) -> Callable:
         click.option("--log-opt", multiple=True, help="Log driver options (max-size, max-file)."),
         click.option("--ulimit", multiple=True, help="Ulimit options (e.g. nofile=1024:2048)."),
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+        click.option("--tmpfs", multiple=True, help="Mount a tmpfs: PATH[:OPTIONS]."),
         click.option("--stop-signal", help="Signal to stop the container."),
         click.option("--stop-timeout", type=int, help="Timeout (in seconds) to stop it."),
         click.argument("image"),
@@ -158,15 +171,39 @@ def _run_options(kw: dict[str, Any]) -> Any:
         network_aliases=list(kw["network_alias"]),
         publish=[parse.parse_publish(p) for p in kw["publish"]],
         publish_all=kw["publish_all"],
+        pull=kw["pull"],
         init=kw["init"],
         auto_remove=kw["auto_remove"],
         log_max_size=max_size,
         log_max_files=max_files,
         ulimits=[parse.parse_ulimit(u) for u in kw["ulimit"]],
         read_only=kw["read_only"],
+        tmpfs=dict(_tmpfs(t) for t in kw["tmpfs"]),
+        security_opt=[_security_opt(o) for o in kw["security_opt"]],
         stop_signal=kw["stop_signal"],
         stop_timeout=kw["stop_timeout"],
     )
+
+
+def _tmpfs(value: str) -> tuple[str, str]:
+    """``--tmpfs /run:size=64m,mode=755`` → ("/run", "size=64m,mode=755"), as Docker's CLI."""
+    destination, _, options = value.partition(":")
+    if not destination.startswith("/") or destination.rstrip("/") == "":
+        raise MinidockError(f"invalid --tmpfs {value}: the destination must be an absolute path")
+    return destination, options
+
+
+def _security_opt(value: str) -> str:
+    """Like Docker's CLI, read a ``seccomp=PROFILE.json`` here and pass on its content: the
+    container then doesn't depend on the file, and a relative path means what the user meant."""
+    key, _, path = value.partition("=" if "=" in value else ":")
+    if key != "seccomp" or path in ("unconfined", "builtin"):
+        return value
+    try:
+        with open(path) as f:
+            return f"seccomp={json.dumps(json.load(f), separators=(',', ':'))}"
+    except (OSError, ValueError) as exc:
+        raise MinidockError(f"opening seccomp profile ({path}) failed: {exc}") from None
 
 
 def _attach(interactive: bool, use_tty: bool) -> Any:
@@ -820,3 +857,7 @@ from minidock.cli_images import COMMANDS  # noqa: E402
 for _name, _command in COMMANDS.items():
     cli.add_command(_command, _name)
 cli.add_command(COMMANDS["image"].commands["ls"], "images")
+from minidock.cli_registry import COMMANDS as _REGISTRY_COMMANDS  # noqa: E402
+
+for _name, _command in _REGISTRY_COMMANDS.items():
+    cli.add_command(_command, _name)

@@ -29,6 +29,7 @@ from minidock.container import Container, initial_state, now
 from minidock.errors import (
     Conflict,
     ContainerNotFound,
+    ImageNotFound,
     InvalidArgument,
     MinidockError,
 )
@@ -71,12 +72,15 @@ class RunOptions:
     network_aliases: list[str] = field(default_factory=list)
     publish: list[PortSpec] = field(default_factory=list)
     publish_all: bool = False
+    pull: str = "missing"
     init: bool = False
     auto_remove: bool = False
     log_max_size: int = logfile.DEFAULT_MAX_SIZE
     log_max_files: int = logfile.DEFAULT_MAX_FILES
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)
     read_only: bool = False
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    security_opt: list[str] = field(default_factory=list)
     stop_signal: str | None = None
     stop_timeout: int | None = None
 
@@ -150,7 +154,7 @@ class Engine:
     # --- create -------------------------------------------------------------------------------
     def create(self, opts: RunOptions) -> Container:
         """Record a new container (Docker's ``create``): no process, no mount yet."""
-        image = self.images.get(opts.image)
+        image = self._image_to_run(opts.image, opts.pull)
         if opts.network.startswith("container:"):
             self.find(opts.network.removeprefix("container:"))
         elif opts.network == "bridge":
@@ -159,6 +163,7 @@ class Engine:
             self.networks.get(opts.network)  # NotFound unless it was created
         if (opts.publish or opts.publish_all) and not self._is_bridge(opts.network):
             raise InvalidArgument(f"ports can't be published with --network {opts.network}")
+        spec.security_options(opts.security_opt)  # refuse unknown options now, not at start
         cid = secrets.token_hex(32)
         hostname = opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12])
         config = {
@@ -195,6 +200,8 @@ class Engine:
             "PidsLimit": opts.pids_limit,
             "Init": opts.init,
             "ReadonlyRootfs": opts.read_only,
+            "Tmpfs": opts.tmpfs,
+            "SecurityOpt": opts.security_opt,
             "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in opts.ulimits],
             "LogConfig": {
                 "Type": "json-file",
@@ -231,6 +238,25 @@ class Engine:
                 },
             )
         return c
+
+    def _image_to_run(self, ref: str, policy: str) -> Image:
+        """``--pull``: "missing" (the default) pulls an image that is not here, "always"
+        pulls first, "never" only looks here."""
+        from minidock import registry  # imported here: registry → archive → engine
+
+        if policy == "always" or (policy == "missing" and "@" in ref):
+            return registry.pull(self, ref)  # the store can't look an image up by digest
+        try:
+            return self.images.get(ref)
+        except ImageNotFound:
+            if policy == "never":
+                raise
+            try:
+                registry.parse_reference(ref, os.environ.get("MINIDOCK_REGISTRY"))
+            except MinidockError:
+                raise ImageNotFound(f"No such image: {ref}") from None  # nowhere to pull from
+            print(f"Unable to find image '{ref}' locally", file=sys.stderr, flush=True)
+            return registry.pull(self, ref)
 
     def _allocate_name(self, wanted: str | None) -> str:
         taken = {c.name for c in self.containers()}

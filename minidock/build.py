@@ -412,7 +412,7 @@ class Builder:
     def _mounted(self, image: Image) -> Iterator[Container]:
         """A container of ``image`` that is never started: only its root filesystem is
         mounted, for COPY to write into (or read from, for ``--from``)."""
-        c = self.engine.create(RunOptions(image=image.id, command=["true"]))
+        c = self.engine.create(RunOptions(image=image.id, command=["true"], network="none"))
         try:
             c.mount_rootfs(image.lowerdirs)
             try:

@@ -194,7 +194,8 @@ class Engine:
             "CapAdd": opts.cap_add,
             "CapDrop": opts.cap_drop,
             "Memory": opts.memory or 0,
-            "MemorySwap": opts.memory_swap or 0,
+            # Docker: without --memory-swap a container may swap as much as its --memory.
+            "MemorySwap": opts.memory_swap or (2 * opts.memory if opts.memory else 0),
             "NanoCpus": opts.nano_cpus or 0,
             "CpuShares": opts.cpu_shares or 0,
             "PidsLimit": opts.pids_limit,
@@ -266,7 +267,7 @@ class Engine:
             return name
         if not _NAME_RE.match(wanted):
             raise InvalidArgument(
-                f'invalid container name "{wanted}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
+                f'invalid container name "{wanted}": two or more of [a-zA-Z0-9][a-zA-Z0-9_.-]'
             )
         name = wanted.lstrip("/")
         if name in taken:

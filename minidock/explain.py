@@ -36,6 +36,8 @@ _MAN_PAGES = {
     "ioctl": "netdevice(7)",
 }
 ENV = "MINIDOCK_EXPLAIN"
+#: The descriptor narration goes to (a duplicate of stderr), or None when off.
+narration_fd: int | None = None
 
 
 def _man_page(call: str) -> str:
@@ -50,8 +52,9 @@ def enable(mode: str) -> None:
     which narrates its own setup after its stderr became the container's, still reports
     to the user's terminal and not into the container's log.
     """
+    global narration_fd
     os.environ[ENV] = mode
-    out = os.dup(2)
+    out = narration_fd = os.dup(2)
 
     def emit(event: dict[str, str]) -> None:
         event = {"pid": str(os.getpid()), **event}
@@ -62,8 +65,11 @@ def enable(mode: str) -> None:
             why = f"\n{'':8}# {event['reason']}{see}" if event.get("reason") else see
             line = f"[{event['pid']}] {event['call']}{why}"
         data = (line + "\n").encode()
-        while data:
-            data = data[os.write(out, data) :]
+        try:
+            while data:
+                data = data[os.write(out, data) :]
+        except OSError:  # nobody reads any more (a closed pipe): stop narrating
+            syscalls.observer = cgroups.fs.observer = None
 
     def on_syscall(call: str, reason: str) -> None:
         emit({"kind": "syscall", "call": call, "reason": reason, "man": _man_page(call)})

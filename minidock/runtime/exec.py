@@ -25,7 +25,7 @@ import signal
 import socket
 
 import cgroups
-from minidock import store, syscalls
+from minidock import explain, store, syscalls
 from minidock.errors import InvalidState, MinidockError
 from minidock.runtime import _error_from, state
 from minidock.runtime.init import (
@@ -98,6 +98,7 @@ def _helper(process: dict, seccomp_profile: dict | None, ns_fds: dict[str, int],
             sync.fileno(),
             *(stdio or ()),
             *([console.fileno()] if console else []),
+            *([explain.narration_fd] if explain.narration_fd is not None else []),
         }
         _close_all_but(keep)
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL,

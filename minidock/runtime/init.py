@@ -20,6 +20,7 @@ Any failure before step 6 is sent to the parent as a message, so ``create`` can 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -104,11 +105,24 @@ def container_init(
     os._exit(1)
 
 
+def reset_signals() -> None:
+    """Give the program default signal handling. execve(2) resets caught signals but keeps
+    *ignored* ones and the blocked mask — and Python ignores SIGPIPE and SIGXFSZ, so
+    without this every container would inherit that (``yes | head -1`` would complain of
+    a broken pipe instead of ``yes`` dying quietly)."""
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):  # the kernel keeps 32 and 33
+                signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def exec_program(program: str, process: dict, with_reaper: bool = False) -> None:
     """The last step: no inherited descriptor may survive, then execve(2) — from here on
     the process is the container's program and nothing of the runtime is left in it.
     Never returns; if exec fails, exits 126 (not executable) or 127 (not found)."""
     syscalls.close_range_cloexec(3, reason="no host descriptor may reach the program")
+    reset_signals()
     env = dict(e.split("=", 1) for e in process.get("env", []) if "=" in e)
     if with_reaper:
         from minidock.runtime.reaper import run_reaper

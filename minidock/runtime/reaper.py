@@ -51,11 +51,13 @@ def exit_status(status: int) -> int:
 
 def run_reaper(program: str, args: list[str], env: dict[str, str]) -> None:
     """Become the reaper; never returns."""
+    from minidock.runtime.init import reset_signals
+
     catchable = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
     signal.pthread_sigmask(signal.SIG_BLOCK, catchable)
     child = os.fork()
     if child == 0:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, catchable)
+        reset_signals()
         try:
             syscalls.execve(program, args, env, reason="the program runs as PID 2 under --init")
         except OSError as exc:

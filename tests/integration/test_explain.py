@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import cgroups
 from tests.conftest import Minidock
@@ -43,3 +45,16 @@ def test_narrated_steps_match_what_the_kernel_reports(md: Minidock) -> None:
     assert [w["value"] for w in writes] == [str(48 << 20)]
     with open(writes[0]["file"]) as f:
         assert f.read().strip() == str(48 << 20)
+
+
+def test_explain_exec_and_a_reader_that_goes_away(md: Minidock) -> None:
+    md("run", "-d", "--name", "narrated", "--network", "none", "busybox", "sleep", "60")
+    proc = md("--explain", "exec", "narrated", "echo", "inside")
+    assert proc.stdout == "inside\n" and "setns(" in proc.stderr
+    # Narration into a pipe nobody reads any more must not break the command.
+    script = (f"{sys.executable} -m minidock --explain run --rm --network none busybox true "
+              "2>&1 >/dev/null | head -c1 >/dev/null; echo $?")  # fmt: skip
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", script], env=md.env,
+                         capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    assert out.strip() == "0"
+    assert md("ps", "-aq").stdout.split() == [md.inspect("narrated")["Id"][:12]]

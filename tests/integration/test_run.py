@@ -233,3 +233,13 @@ def test_no_host_binary_is_reachable_through_proc_exe(md: Minidock) -> None:
     # Control: without --init, PID 1 is the container's own program, and that is visible.
     out = md("run", "--rm", "busybox", "readlink", "/proc/1/exe").stdout.split()
     assert out == ["/bin/busybox"]
+
+
+def test_the_program_starts_with_default_signal_handling(md: Minidock) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; execve keeps ignored signals, so the runtime
+    must reset them or every container program would inherit that."""
+    for flags in ([], ["--init"]):
+        out = md("run", "--rm", "--network", "none", *flags, "busybox", "sh", "-c",
+                 "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -1").stdout  # fmt: skip
+        lines = out.split()
+        assert lines == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "y"], out

@@ -119,6 +119,15 @@ class Monitor:
                 os.close(fd)
         self.pid = st.pid
         self.cgroup = st.cgroup
+        init = st.annotations.get("org.minidock.init") == "true"
+        syscalls.narrate(
+            lambda: (
+                f"process tree: monitor (host PID {os.getpid()}) → container PID 1 "
+                f"(host PID {st.pid}, {'the --init reaper' if init else 'the program'})"
+                + (" → the program as PID 2" if init else "")
+            ),
+            "the monitor is the parent of the container's first process and reaps it",
+        )
         c.update_state(
             Status=Status.RUNNING.value,
             Pid=st.pid,

@@ -4,7 +4,7 @@ Python 3.11's ``os`` module lacks ``unshare``, ``setns``, ``mount``, ``pivot_roo
 capability calls, so this module reaches them through ``ctypes`` and libc. Each wrapper turns
 a failure (-1 and ``errno``) into :class:`minidock.errors.KernelError` carrying the call's name.
 
-Because every call funnels through :func:`_narrate`, this module is also where ``--explain``
+Because every call funnels through :func:`narrate`, this module is also where ``--explain``
 listens: when :data:`observer` is set, each call is reported as it happens with its decoded
 arguments. When it is ``None`` (the default) nothing is formatted.
 """
@@ -130,8 +130,10 @@ _CLONE_TABLE = {
 _MS_TABLE = {name: value for name, value in globals().items() if name.startswith("MS_")}
 
 
-def _narrate(call: Callable[[], str], reason: str) -> None:
-    """Report a system call to the ``--explain`` observer; free when nobody listens."""
+def narrate(call: Callable[[], str], reason: str) -> None:
+    """Report a kernel-facing step to the ``--explain`` observer; free when nobody listens.
+    The wrappers below call it for each system call; the netlink and iptables code, and
+    the monitor (for the process tree), call it too."""
     if observer is not None:
         observer(call(), reason)
 
@@ -153,13 +155,13 @@ def unshare(flags: int, reason: str = "") -> None:
     CLONE_NEWPID is special: the caller stays where it is and only its *next child* is
     born into the new PID namespace, as its PID 1.
     """
-    _narrate(lambda: f"unshare({flag_names(flags, _CLONE_TABLE)})", reason)
+    narrate(lambda: f"unshare({flag_names(flags, _CLONE_TABLE)})", reason)
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare", flag_names(flags, _CLONE_TABLE))
 
 
 def setns(fd: int, nstype: int, reason: str = "") -> None:
     """Join the namespace that ``fd`` (an open /proc/<pid>/ns/* file) refers to (setns(2))."""
-    _narrate(lambda: f"setns({fd}, {flag_names(nstype, _CLONE_TABLE)})", reason)
+    narrate(lambda: f"setns({fd}, {flag_names(nstype, _CLONE_TABLE)})", reason)
     _check(
         _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)),
         "setns",
@@ -177,7 +179,7 @@ def mount(
     reason: str = "",
 ) -> None:
     """Attach a filesystem, or change a mount's flags or propagation (mount(2))."""
-    _narrate(
+    narrate(
         lambda: (
             f'mount("{source or ""}", "{target}", "{fstype or ""}", '
             f'{flag_names(flags, _MS_TABLE)}, "{data or ""}")'
@@ -190,9 +192,7 @@ def mount(
 
 def umount2(target: str, flags: int = 0, reason: str = "") -> None:
     """Detach the filesystem mounted at ``target`` (umount2(2)); MNT_DETACH does it lazily."""
-    _narrate(
-        lambda: f'umount2("{target}", {"MNT_DETACH" if flags & MNT_DETACH else flags})', reason
-    )
+    narrate(lambda: f'umount2("{target}", {"MNT_DETACH" if flags & MNT_DETACH else flags})', reason)
     _check(_libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)
 
 
@@ -202,21 +202,21 @@ def pivot_root(new_root: str, put_old: str, reason: str = "") -> None:
     Unlike chroot, which only changes one process's view of ``/``, pivot_root swaps the
     namespace's root mount, so the old root can then be unmounted and is gone for good.
     """
-    _narrate(lambda: f'pivot_root("{new_root}", "{put_old}")', reason)
+    narrate(lambda: f'pivot_root("{new_root}", "{put_old}")', reason)
     _check(_libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root", new_root)
 
 
 # --- process attributes -----------------------------------------------------------------------
 def sethostname(name: str, reason: str = "") -> None:
     """Set the hostname of the calling process's UTS namespace (sethostname(2))."""
-    _narrate(lambda: f'sethostname("{name}")', reason)
+    narrate(lambda: f'sethostname("{name}")', reason)
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, reason: str = "") -> int:
     """Change a per-process attribute (prctl(2)): dumpable, subreaper, no_new_privs, caps…"""
-    _narrate(lambda: f"prctl({_PRCTL_NAMES.get(option, option)}, {arg2}, {arg3})", reason)
+    narrate(lambda: f"prctl({_PRCTL_NAMES.get(option, option)}, {arg2}, {arg3})", reason)
     return _check(
         _libc.prctl(
             ctypes.c_int(option),
@@ -247,7 +247,7 @@ def capset(effective: int, permitted: int, inheritable: int, reason: str = "") -
 
     Each set is a 64-bit mask (bit N = capability N), split across two 32-bit words.
     """
-    _narrate(
+    narrate(
         lambda: (
             f"capset(effective={effective:#x}, permitted={permitted:#x}, "
             f"inheritable={inheritable:#x})"
@@ -270,7 +270,7 @@ def close_range_cloexec(first: int, reason: str = "") -> None:
     Run just before exec, this guarantees no host file descriptor survives into the
     container's program (the runc CVE-2024-21626 class of leak).
     """
-    _narrate(lambda: f"close_range({first}, ~0U, CLOSE_RANGE_CLOEXEC)", reason)
+    narrate(lambda: f"close_range({first}, ~0U, CLOSE_RANGE_CLOEXEC)", reason)
     _check(
         _libc.syscall(
             _SYS_CLOSE_RANGE,
@@ -294,7 +294,7 @@ def seccomp_set_mode_filter(program: bytes, reason: str = "") -> None:
     could make a call fail inside a setuid program that doesn't expect it to.
     """
     count = len(program) // 8
-    _narrate(lambda: f"seccomp(SECCOMP_SET_MODE_FILTER, 0, {{len={count}}})", reason)
+    narrate(lambda: f"seccomp(SECCOMP_SET_MODE_FILTER, 0, {{len={count}}})", reason)
     fprog = _SockFprog(count, program)
     _check(
         _libc.syscall(
@@ -309,7 +309,7 @@ def seccomp_set_mode_filter(program: bytes, reason: str = "") -> None:
 
 def mknod(path: str, mode: int, device: int, reason: str = "") -> None:
     """Create a device node (mknod(2)); ``device`` is ``os.makedev(major, minor)``."""
-    _narrate(
+    narrate(
         lambda: f'mknod("{path}", {mode:#o}, makedev({os.major(device)}, {os.minor(device)}))',
         reason,
     )
@@ -321,7 +321,7 @@ def mknod(path: str, mode: int, device: int, reason: str = "") -> None:
 
 def kill(pid: int, sig: int, reason: str = "") -> None:
     """Send signal ``sig`` to process ``pid`` (kill(2))."""
-    _narrate(lambda: f"kill({pid}, {sig})", reason)
+    narrate(lambda: f"kill({pid}, {sig})", reason)
     try:
         os.kill(pid, sig)
     except OSError as exc:
@@ -330,14 +330,14 @@ def kill(pid: int, sig: int, reason: str = "") -> None:
 
 def execve(path: str, args: list[str], env: dict[str, str], reason: str = "") -> None:
     """Replace this process's program with ``path`` (execve(2)); returns only on failure."""
-    _narrate(lambda: f'execve("{path}", {args!r})', reason)
+    narrate(lambda: f'execve("{path}", {args!r})', reason)
     os.execve(path, args, env)
 
 
 def set_identity(uid: int, gid: int, additional_gids: list[int], reason: str = "") -> None:
     """Become ``uid``/``gid`` with these supplementary groups (setgroups(2), setresgid(2),
     setresuid(2)). Groups first: once the uid is not 0, changing groups is no longer allowed."""
-    _narrate(lambda: f"setgroups({additional_gids}); setresgid({gid}); setresuid({uid})", reason)
+    narrate(lambda: f"setgroups({additional_gids}); setresgid({gid}); setresuid({uid})", reason)
     try:
         os.setgroups(additional_gids)
         os.setresgid(gid, gid, gid)
@@ -365,7 +365,7 @@ def link_up(name: str, reason: str = "") -> None:
     A new network namespace has only ``lo``, and it starts down: without this even
     127.0.0.1 would not work inside the container.
     """
-    _narrate(lambda: f'ioctl(SIOCSIFFLAGS, "{name}", IFF_UP)', reason)
+    narrate(lambda: f'ioctl(SIOCSIFFLAGS, "{name}", IFF_UP)', reason)
     request = _IfReq(name.encode(), 0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:

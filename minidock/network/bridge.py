@@ -43,7 +43,7 @@ def write_sysctl(key: str, value: str) -> None:
     with open(path, "r+") as f:
         if f.read().strip() == value:
             return
-        syscalls._narrate(lambda: f"write({path}, {value})", f"sysctl {key}={value}")
+        syscalls.narrate(lambda: f"write({path}, {value})", f"sysctl {key}={value}")
         f.seek(0)
         f.write(value)
 
@@ -107,7 +107,7 @@ def _request(
     becomes a KernelError naming the message and its object."""
     from pyroute2.netlink.exceptions import NetlinkError
 
-    syscalls._narrate(lambda: f"{message} {detail}", reason)
+    syscalls.narrate(lambda: f"{message} {detail}", reason)
     try:
         send()
     except NetlinkError as exc:

@@ -69,7 +69,7 @@ def _iptables(table: str, *args: str, reason: str = "") -> subprocess.CompletedP
     """Run ``iptables -w -t TABLE ARGS``; changes (``reason`` given) are narrated and must
     succeed, queries just return the result."""
     if reason:
-        syscalls._narrate(lambda: shlex.join(["iptables", "-t", table, *args]), reason)
+        syscalls.narrate(lambda: shlex.join(["iptables", "-t", table, *args]), reason)
     proc = subprocess.run(
         [IPTABLES, "-w", "-t", table, *args], capture_output=True, text=True, check=False
     )

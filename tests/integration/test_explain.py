@@ -37,6 +37,8 @@ def test_narrated_steps_match_what_the_kernel_reports(md: Minidock) -> None:
         if e["kind"] == "syscall" and e["call"].startswith("unshare("):
             unshared |= set(e["call"][len("unshare(") : -1].split("|"))
     pid = md.pid("narrated")
+    tree = [e["call"] for e in events if e["call"].startswith("process tree")]
+    assert len(tree) == 1 and f"container PID 1 (host PID {pid}," in tree[0]
     assert {FLAG_TO_NS[f] for f in unshared} == set(FLAG_TO_NS.values())
     for ns in FLAG_TO_NS.values():
         assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")

@@ -26,7 +26,8 @@ deps:
 venv:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	$(PY) -m compileall -q minidock cgroups  # start-up reads bytecode even if it may not write it
+	# Start-up reads bytecode even where it may not write it (PYTHONDONTWRITEBYTECODE).
+	$(PY) -m compileall -q minidock cgroups $(VENV)/lib
 	ln -sf $(VENV)/bin/minidock /usr/local/bin/minidock
 
 images:

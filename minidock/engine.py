@@ -243,15 +243,19 @@ class Engine:
     def _image_to_run(self, ref: str, policy: str) -> Image:
         """``--pull``: "missing" (the default) pulls an image that is not here, "always"
         pulls first, "never" only looks here."""
-        from minidock import registry  # imported here: registry → archive → engine
-
+        # registry is imported only when needed: it costs ~200 ms (httpx), and it imports
+        # archive, which imports this module.
         if policy == "always" or (policy == "missing" and "@" in ref):
+            from minidock import registry
+
             return registry.pull(self, ref)  # the store can't look an image up by digest
         try:
             return self.images.get(ref)
         except ImageNotFound:
             if policy == "never":
                 raise
+            from minidock import registry
+
             try:
                 registry.parse_reference(ref, os.environ.get("MINIDOCK_REGISTRY"))
             except MinidockError:

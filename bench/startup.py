@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cgroups
+from minidock.network.networks import NetworkStore
 
 REPO = Path(__file__).resolve().parent.parent
 MINIDOCK = [sys.executable, "-m", "minidock"]
@@ -162,6 +163,7 @@ def main() -> None:
             capture_output=True,
         )
         cgroups.remove_parent_if_empty(parent)
+        NetworkStore(str(root)).remove_all()  # the detached container's default bridge
         shutil.rmtree(work, ignore_errors=True)
 
 

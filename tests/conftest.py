@@ -74,7 +74,16 @@ class Minidock:
 
     def cleanup(self) -> None:
         """Remove everything this instance made: containers (their monitors, processes,
-        cgroups and mounts go with them), then any leftover mount or cgroup."""
+        cgroups and mounts go with them), then any leftover mount or cgroup, and last the
+        networks (bridges, iptables rules) of this state root."""
+        from minidock.network.networks import NetworkStore
+
+        try:
+            self._remove_containers_mounts_and_cgroups()
+        finally:  # the bridge and its iptables rules go even if something above failed
+            NetworkStore(self.root).remove_all()
+
+    def _remove_containers_mounts_and_cgroups(self) -> None:
         import cgroups
         from minidock import runtime
 
@@ -99,9 +108,6 @@ class Minidock:
                         leaf.kill_all()
                         leaf.remove()
         cgroups.remove_parent_if_empty(self.cgroup_parent)
-        from minidock.network.networks import NetworkStore
-
-        NetworkStore(self.root).remove_all()
 
 
 @pytest.fixture

@@ -41,16 +41,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from build import make_tree  # noqa: E402  (bench/build.py, beside this file)
+from build import make_tree, seconds  # noqa: E402  (bench/build.py, beside this file)
 
 from minidock import archive, layers, registry  # noqa: E402
 from minidock.engine import Engine  # noqa: E402
-
-
-def seconds(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
 
 
 @contextmanager

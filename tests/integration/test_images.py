@@ -17,38 +17,25 @@ import pytest
 
 from tests.conftest import Minidock
 
-# The image commands live in cli_images.py; until cli.py adds them to the group, register
-# them here the way it will, so these tests drive the real command line.
-_WITH_IMAGE_COMMANDS = """
-import sys
-from minidock import cli
-from minidock.cli_images import COMMANDS
-for name, command in COMMANDS.items():
-    cli.cli.add_command(command, name)
-sys.argv[0] = "minidock"
-cli.main()
-"""
-
 
 class ImageCli:
-    """``minidock`` with the image commands, against the ``md`` fixture's state root."""
+    """The ``minidock`` command line against the ``md`` fixture's state root, with the
+    helpers these tests need to look inside the image store."""
 
     def __init__(self, md: Minidock) -> None:
         self.md = md
         self.root = md.root
+        self.env = dict(md.env)
 
     def __call__(
-        self, *args: str, check: bool = True, timeout: float = 300, cwd: str = "/"
-    ) -> subprocess.CompletedProcess[str]:
+        self, *args: str, check: bool = True, timeout: float = 300, cwd: str = "/",
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
         proc = subprocess.run(
-            [sys.executable, "-c", _WITH_IMAGE_COMMANDS, *args],
-            env=self.md.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            cwd=cwd,
-        )
+            [sys.executable, "-m", "minidock", *args], env=self.env, capture_output=True,
+            text=True, timeout=timeout, input=input,
+            stdin=None if input is not None else subprocess.DEVNULL, cwd=cwd,
+        )  # fmt: skip
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"minidock {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
@@ -57,14 +44,9 @@ class ImageCli:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-c", _WITH_IMAGE_COMMANDS, *args],
-            env=self.md.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            cwd="/",
-        )
+            [sys.executable, "-m", "minidock", *args], env=self.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, cwd="/",
+        )  # fmt: skip
 
     def store(self, *parts: str) -> Path:
         return Path(self.root, "images", *parts)

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -37,17 +36,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs docker-registry, skopeo, umoci, htpasswd (apache2-utils) and openssl",
 )
 
-# cli.py adds the registry commands once the lead wires them; until then, as
-# test_images.py does for the image commands, add them here the way it will.
-_WITH_REGISTRY_COMMANDS = """
-import sys
-from minidock import cli
-from minidock.cli_registry import COMMANDS
-for name, command in COMMANDS.items():
-    cli.cli.add_command(command, name)
-sys.argv[0] = "minidock"
-cli.main()
-"""
 _BLOB_UPLOAD = re.compile(r'"(?:POST|PUT|PATCH) /v2/\S+/blobs/uploads/')
 
 
@@ -217,27 +205,6 @@ class RegistryCli(ImageCli):
         self.env = {**md.env, "DOCKER_CONFIG": str(docker_config)}
         self.env.pop("MINIDOCK_REGISTRY", None)
         self.env.pop("MINIDOCK_INSECURE_REGISTRIES", None)
-
-    def __call__(
-        self, *args: str, check: bool = True, timeout: float = 300, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-c", _WITH_REGISTRY_COMMANDS, *args],
-            env=self.env, capture_output=True, text=True, timeout=timeout, input=input,
-            stdin=None if input is not None else subprocess.DEVNULL, cwd="/",
-        )  # fmt: skip
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"minidock {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-            )
-        return proc
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-c", _WITH_REGISTRY_COMMANDS, *args],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, cwd="/",
-        )  # fmt: skip
 
     def fails(self, *args: str, input: str | None = None) -> str:
         """Run a command that must fail as an engine error; return its one-line message."""

@@ -25,9 +25,11 @@ MAX_SHARES = 262_144
 #: (9223372036854771712 with 4 KiB pages). Anything at least this large is no limit.
 V1_UNLIMITED = 1 << 62
 
-# A v1 device rule as devices.allow takes it: type (a = all, c = char, b = block),
-# "major:minor" (either may be "*"), access letters r(ead) w(rite) m(knod).
-_DEVICE_RULE = re.compile(r"a|[abc] (\*|\d+):(\*|\d+) [rwm]{1,3}")
+#: A v1 device rule as devices.allow takes it: "a" (every device), or type (a = all, c = char,
+#: b = block), "major:minor" (either may be "*"), access letters r(ead) w(rite) m(knod).
+DEVICE_RULE = re.compile(
+    r"a|(?P<type>[abc]) (?P<major>\*|\d+):(?P<minor>\*|\d+) (?P<access>[rwm]{1,3})"
+)
 
 
 @dataclass
@@ -46,8 +48,8 @@ class Limits:
     * ``pids``: maximum number of tasks; 0 or -1 means unlimited (Docker API's meaning).
     * ``device_rules``: v1 ``devices.allow`` rules such as ``"c 1:3 rwm"``. Empty leaves device
       access alone; otherwise everything is denied first, then each rule allowed. cgroup v2
-      has no devices files (access is checked by an eBPF program attached to the cgroup), so
-      the v2 backend ignores these rules.
+      has no devices files: the v2 backend compiles the same rules into an eBPF program that
+      it attaches to the cgroup (:mod:`cgroups.devices_bpf`), with the same meaning.
 
     Raises ``ValueError`` for values the kernel would reject or Docker forbids.
     """
@@ -80,7 +82,7 @@ class Limits:
                 f"cpu_shares must be in {MIN_SHARES}..{MAX_SHARES}, not {self.cpu_shares}"
             )
         for rule in self.device_rules:
-            if not _DEVICE_RULE.fullmatch(rule):
+            if not DEVICE_RULE.fullmatch(rule):
                 raise ValueError(f"bad device rule {rule!r} (expected e.g. 'c 1:3 rwm')")
 
 
@@ -184,7 +186,7 @@ def v2_writes(limits: Limits, has_swap_file: bool) -> list[tuple[str, str]]:
     """The ``(file, value)`` writes that apply ``limits`` to a v2 cgroup, in order.
 
     ``memory.swap.max`` exists only when the kernel accounts swap; without it the swap part is
-    skipped. Device rules are not v2 files (see :class:`Limits`) and are ignored.
+    skipped. Device rules are not v2 files: :mod:`cgroups.devices_bpf` applies them.
     """
     candidates = [
         ("memory.max", memory_max_v2(limits.memory)),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 
-from . import fs
+from . import devices_bpf, fs
 from .base import FREEZE_TIMEOUT, Cgroup, ancestors, wait_until
 from .fs import CgroupError
 from .limits import Limits, Stats, parse_keyed, parse_max, parse_pids, v2_writes
@@ -82,12 +82,15 @@ class V2Cgroup(Cgroup):
     def set_limits(self, limits: Limits) -> None:
         """Write ``memory.max``, ``memory.swap.max``, ``cpu.max``, ``cpu.weight``, ``pids.max``.
 
-        Device rules are ignored: v2 controls device access with an eBPF program attached to
-        the cgroup (BPF_CGROUP_DEVICE), which this library does not load yet.
+        Device rules have no file on v2: they become an eBPF program that the kernel runs on
+        every device open and mknod in this cgroup, attached to its directory
+        (:func:`cgroups.devices_bpf.apply`; it replaces the program of earlier rules).
         """
         has_swap = os.path.exists(self._file("memory.swap.max"))
         for name, value in v2_writes(limits, has_swap):
             fs.write(self._file(name), value)
+        if limits.device_rules:
+            devices_bpf.apply(self.path, limits.device_rules)
 
     def pids(self) -> list[int]:
         return parse_pids(fs.read(self._file("cgroup.procs")))

@@ -16,6 +16,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root and a real kernel")
+CGROUP_FS = "/sys/fs/cgroup"
+#: A hybrid host's cgroup2 mount: no resource controllers, but it nests, freezes, kills and
+#: runs device programs like any v2 tree (point ``MINIDOCK_CGROUP_MOUNT`` at it to use it).
+UNIFIED = os.path.join(CGROUP_FS, "unified")
+
+
+def cgroup_backends() -> list[str]:
+    """``"host"`` (the host's own backend), plus ``"v2-on-hybrid"`` where the host is hybrid."""
+    params = ["host"]
+    if not os.path.exists(os.path.join(CGROUP_FS, "cgroup.controllers")) and os.path.exists(
+        os.path.join(UNIFIED, "cgroup.controllers")
+    ):
+        params.append("v2-on-hybrid")
+    return params
 
 
 @pytest.fixture(scope="session")

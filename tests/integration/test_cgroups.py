@@ -23,12 +23,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import cgroups
-from cgroups import Cgroup, CgroupError, Limits
+from cgroups import Cgroup, CgroupError, Limits, devices_bpf
 from cgroups.limits import parse_keyed
+from tests.conftest import CGROUP_FS, UNIFIED, cgroup_backends
 
 pytestmark = [
     pytest.mark.root,
@@ -36,17 +38,6 @@ pytestmark = [
 ]
 
 MiB = 1 << 20
-CGROUP_FS = "/sys/fs/cgroup"
-UNIFIED = os.path.join(CGROUP_FS, "unified")
-
-
-def _backend_params() -> list[str]:
-    params = ["host"]
-    if not os.path.exists(os.path.join(CGROUP_FS, "cgroup.controllers")) and os.path.exists(
-        os.path.join(UNIFIED, "cgroup.controllers")
-    ):
-        params.append("v2-on-hybrid")
-    return params
 
 
 def _hierarchy_roots() -> list[str]:
@@ -132,7 +123,7 @@ class Harness:
                         stream.close()
 
 
-@pytest.fixture(params=_backend_params())
+@pytest.fixture(params=cgroup_backends())
 def h(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     if request.param == "v2-on-hybrid":
         monkeypatch.setenv("MINIDOCK_CGROUP_MOUNT", UNIFIED)
@@ -310,7 +301,7 @@ def test_kill_all_on_frozen_cgroup(h: Harness) -> None:
 def test_limits_files_hold_written_values(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, str]] = []
     monkeypatch.setattr(cgroups.fs, "observer", lambda path, value: seen.append((path, value)))
-    devices = [] if is_v2() else ["c 1:3 rwm", "c 1:5 rwm"]
+    devices = ["c 1:3 rwm", "c 1:5 rwm"]
     limits = Limits(
         memory=64 * MiB,
         memory_swap=128 * MiB,
@@ -333,6 +324,8 @@ def test_limits_files_hold_written_values(h: Harness, monkeypatch: pytest.Monkey
         assert kernel_file(cg, "", "cpu.max") == "50000 100000"
         assert kernel_file(cg, "", "cpu.weight") == "20"
         assert kernel_file(cg, "", "pids.max") == "42"
+        assert len(device_programs(cg)) == 1
+        assert any(value.startswith("bpf(BPF_PROG_ATTACH") for _, value in seen)
     else:
         assert kernel_file(cg, "memory", "memory.limit_in_bytes") == str(64 * MiB)
         assert kernel_file(cg, "cpu", "cpu.cfs_period_us") == "100000"
@@ -367,23 +360,88 @@ def test_limits_files_hold_written_values(h: Harness, monkeypatch: pytest.Monkey
     assert cg.stats().memory_limit is None
 
 
-def test_device_rules_enforced_on_v1(h: Harness) -> None:
-    if is_v2():
-        pytest.skip("v2 device control needs an eBPF program (not implemented)")
-    require("devices")
-    cg = h.create(Limits(device_rules=["c 1:3 rwm"]))  # /dev/null only
-    p = h.python(
-        cg,
-        "for dev in ('/dev/null', '/dev/zero'):\n"
-        "    try:\n"
-        "        open(dev, 'rb').close()\n"
-        "        print(dev, 'ok')\n"
-        "    except OSError as e:\n"
-        "        print(dev, e.errno)\n",
-    )
-    assert p.wait(timeout=10) == 0
+#: Tries device accesses, making nodes in the directory ``nodes``, and prints one line each:
+#: the access and "ok" or the errno's name.
+DEVICE_PROBE = """
+import errno, os, stat
+def attempt(what, call, *args):
+    try:
+        result = call(*args)
+    except OSError as exc:
+        print(what, errno.errorcode[exc.errno])
+        return
+    print(what, "ok")
+    if isinstance(result, int):
+        os.close(result)
+attempt("rw /dev/null", os.open, "/dev/null", os.O_RDWR)
+attempt("r /dev/zero", os.open, "/dev/zero", os.O_RDONLY)
+attempt("w /dev/zero", os.open, "/dev/zero", os.O_WRONLY)
+for name, kind, major, minor in (("null", stat.S_IFCHR, 1, 3), ("kmsg", stat.S_IFCHR, 1, 11),
+                                 ("loop0", stat.S_IFBLK, 7, 0), ("sda", stat.S_IFBLK, 8, 0)):
+    path = os.path.join(nodes, name)
+    attempt(f"mknod {name}", os.mknod, path, kind | 0o600, os.makedev(major, minor))
+    if os.path.exists(path):
+        attempt(f"r {name}", os.open, path, os.O_RDONLY)
+"""
+
+
+def device_programs(cg: Cgroup) -> list[int]:
+    """The IDs of the eBPF device programs attached to a v2 cgroup, as the kernel lists them."""
+    fd = os.open(cg.paths()[""], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return devices_bpf.attached(fd)
+    finally:
+        os.close(fd)
+
+
+def program_exists(prog_id: int) -> bool:
+    """Whether the kernel still holds the BPF program ``prog_id``."""
+    try:
+        os.close(devices_bpf.get_fd_by_id(prog_id))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def test_device_rules_enforced(h: Harness, tmp_path: Path) -> None:
+    """The same rules mean the same on v1 (``devices.allow``) and v2 (the eBPF program): a
+    request must fit one rule's type, numbers and access letters, or it fails with EPERM."""
+    if not is_v2():
+        require("devices")
+    cg = h.create(Limits(device_rules=["c 1:3 rwm", "c 1:5 r", "b 7:* m"]))
+    p = h.python(cg, f"nodes = {str(tmp_path)!r}\n{DEVICE_PROBE}")
+    assert p.wait(timeout=10) == 0, p.stderr.read() if p.stderr else ""
     assert p.stdout is not None
-    assert p.stdout.read().decode().splitlines() == ["/dev/null ok", f"/dev/zero {errno.EPERM}"]
+    assert dict(line.rsplit(" ", 1) for line in p.stdout.read().decode().splitlines()) == {
+        "rw /dev/null": "ok",
+        "r /dev/zero": "ok",
+        "w /dev/zero": "EPERM",  # "c 1:5 r": reading only
+        "mknod null": "ok",  # a node made here opens like /dev/null: the directory allows devices
+        "r null": "ok",
+        "mknod kmsg": "EPERM",  # no rule for c 1:11
+        "mknod loop0": "ok",  # "b 7:* m": any loop device may be made...
+        "r loop0": "EPERM",  # ...but not opened
+        "mknod sda": "EPERM",
+    }
+    if is_v2():
+        assert len(device_programs(cg)) == 1
+
+
+def test_device_program_is_replaced_and_freed(h: Harness) -> None:
+    """New rules replace the cgroup's program (one stays attached, the old one is freed), and
+    removing the cgroup frees the last one: nothing is left in the kernel."""
+    if not is_v2():
+        pytest.skip("device programs are cgroup v2's")
+    cg = h.create(Limits(device_rules=["c 1:3 rwm"]))
+    [first] = device_programs(cg)
+    cg.set_limits(Limits(device_rules=["c 1:3 rwm", "c 1:5 rwm"]))
+    [second] = device_programs(cg)
+    assert second != first
+    assert wait_for(lambda: not program_exists(first))
+    p = h.python(cg, "open('/dev/zero', 'rb').close()")  # allowed by the new program only
+    assert p.wait(timeout=10) == 0
+    cg.remove()
+    assert wait_for(lambda: not program_exists(second))
 
 
 def test_create_open_and_parents(h: Harness) -> None:

@@ -396,7 +396,7 @@ def _healthcheck(inst: Instruction) -> dict:
     ):
         if flag in inst.flags:
             value = inst.flags[flag]
-            if not values._DURATION.fullmatch(value) or values._duration_ns(value) < 0:
+            if not re.fullmatch(values._DURATION, value) or values._duration_ns(value) < 0:
                 raise inst.fail(f"HEALTHCHECK: --{flag}={value} is not a duration like 30s")
             check[key] = values._duration_ns(value)
     if "retries" in inst.flags:

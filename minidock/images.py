@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from minidock import layers, store
+from minidock import store
 from minidock.errors import Conflict, ImageNotFound, InvalidArgument
 from minidock.logfile import format_timestamp
 
@@ -204,6 +204,8 @@ class ImageStore:
         """Unpack the layer blob into ``layers/<diffid>`` unless a layer with that DiffID is
         there already; return the DiffID. With ``diff_id`` given, the unpacked content
         must match it."""
+        from minidock import layers  # tar and decompressors: only for adding images
+
         if diff_id is not None and os.path.isdir(self.layer_dir(diff_id)):
             return diff_id
         work = tempfile.mkdtemp(dir=self.tmp, prefix="layer-")
@@ -227,6 +229,8 @@ class ImageStore:
     def add_layer_from_dir(self, directory: str) -> tuple[dict, str] | None:
         """Make a layer of a directory tree (an overlay upper dir, or a whole root
         filesystem): its descriptor and DiffID, or None when the tree is empty."""
+        from minidock import layers
+
         if not os.listdir(directory):
             return None
         with self.new_blob() as blob:
@@ -350,6 +354,7 @@ class ImageStore:
     def import_rootfs(self, source: str, ref: str, changes: list[str]) -> Image:
         """Make a one-layer image from a root filesystem directory or tarball (``import``).
         ``changes`` are Dockerfile instructions (CMD, ENV, …) applied to its config."""
+        from minidock import layers
         from minidock.dockerfile import apply_changes
 
         ref = normalize_ref(ref)

@@ -15,23 +15,28 @@ make and fails the rest with EPERM. The work is split as between dockerd and run
   this container's capabilities, architecture and kernel (moby ``setupSeccomp``);
 * :func:`compile_filter` (runtime): ``linux.seccomp`` → the BPF program, compiled by
   libseccomp (through pyseccomp, imported only then, in the process that needs it);
+  :func:`cached_filter` keeps each program it compiled, so the next container with the
+  same profile skips libseccomp altogether;
 * ``syscalls.seccomp_set_mode_filter`` (runtime, just before exec): install it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import hashlib
 import json
 import os
-import platform
 import re
+import stat
 import sys
 from types import ModuleType
 
-from minidock.errors import InvalidArgument
+from minidock import store
+from minidock.errors import InvalidArgument, MinidockError
 from minidock.seccomp_default import DEFAULT_PROFILE
 
-#: platform.machine() → (the name moby's ``includes``/``excludes`` use for it, which is
+#: uname(2)'s machine → (the name moby's ``includes``/``excludes`` use for it, which is
 #: Go's, and libseccomp's name for its native ABI, as ``archMap`` uses it).
 _MACHINES = {
     "x86_64": ("amd64", "SCMP_ARCH_X86_64"),
@@ -92,9 +97,8 @@ def for_container(
             profile = json.loads(profile_json)
         except ValueError as exc:
             raise InvalidArgument(f"decoding seccomp profile failed: {exc}") from None
-    return to_oci(
-        profile, capabilities, machine or platform.machine(), kernel or platform.release()
-    )
+    host = os.uname()
+    return to_oci(profile, capabilities, machine or host.machine, kernel or host.release)
 
 
 def to_oci(profile: dict, capabilities: list[str], machine: str, kernel: str) -> dict | None:
@@ -232,10 +236,103 @@ def compile_filter(oci: dict) -> bytes:
         return program.read()
 
 
+def cached_filter(oci: dict, cache_dir: str) -> bytes:
+    """:func:`compile_filter`, remembered in ``cache_dir`` from one container to the next.
+
+    Compiling Docker's profile takes libseccomp ~30 ms, and loading pyseccomp ~20 ms more,
+    on every start, although the program depends only on the profile, the machine and
+    libseccomp's version. So each program is kept in a file named by the sha256 of those
+    three, and compiled only when its file is missing or fails the checks below.
+
+    What the file holds ends up as the container's filter, so it is trusted no more than
+    the runtime's own state: the directory must be ours and writable by nobody else (the
+    runtime's root, owned by root, is never visible inside a container), and a file is
+    used only if we own it, it starts with the sha256 of the rest, and the rest is a whole
+    number of BPF instructions the kernel could load. A file that fails is compiled again
+    and replaced, atomically (:func:`store.write_file`): two starts that both miss the
+    cache each write a complete file, and the last rename wins.
+    """
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    if not _private_directory(cache_dir):
+        return compile_filter(oci)  # not a place to trust: compile, and keep nothing
+    path = os.path.join(cache_dir, _cache_key(oci))
+    program = _read_cached(path)
+    if program is None:
+        program = compile_filter(oci)
+        # No fsync: a file a power cut damaged fails the checks and is compiled again.
+        digest = hashlib.sha256(program).digest()
+        store.write_file(path, digest + program, 0o600, durable=False)
+    return program
+
+
+#: The most instructions a classic-BPF program may have (BPF_MAXINSNS, linux/bpf_common.h).
+_MAX_INSTRUCTIONS = 4096
+_INSTRUCTION_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+_DIGEST_SIZE = 32  # sha256
+
+
+def _cache_key(oci: dict) -> str:
+    """What a compiled program depends on, hashed: the profile, the machine (libseccomp
+    resolves call names for the native architecture) and libseccomp's version (a newer
+    one knows more call names, so it compiles the same profile into a longer program)."""
+    profile = json.dumps(oci, sort_keys=True, separators=(",", ":"))
+    inputs = f"{os.uname().machine}\n{_libseccomp_version()}\n{profile}"
+    return hashlib.sha256(inputs.encode()).hexdigest()
+
+
+class _Version(ctypes.Structure):
+    """libseccomp's ``struct scmp_version``."""
+
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
+def _libseccomp_version() -> str:
+    """libseccomp's version, from seccomp_version(3). Asked directly, by the library's
+    soname: importing pyseccomp just for this would cost what the cache saves."""
+    try:
+        library = ctypes.CDLL("libseccomp.so.2")
+    except OSError as exc:
+        raise MinidockError(f"seccomp: cannot load libseccomp: {exc}") from None
+    library.seccomp_version.restype = ctypes.POINTER(_Version)
+    version = library.seccomp_version().contents
+    return f"{version.major}.{version.minor}.{version.micro}"
+
+
+def _private_directory(path: str) -> bool:
+    """Whether ``path`` is a real directory (not a symlink) that we own and that nobody
+    else may write to."""
+    info = os.lstat(path)
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
+
+
+def _read_cached(path: str) -> bytes | None:
+    """The program kept at ``path``, or None if there is none or it fails a check."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            return None
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None
+        data = f.read()
+    digest, program = data[:_DIGEST_SIZE], data[_DIGEST_SIZE:]
+    instructions, remainder = divmod(len(program), _INSTRUCTION_SIZE)
+    if remainder or not 0 < instructions <= _MAX_INSTRUCTIONS:
+        return None
+    return program if hashlib.sha256(program).digest() == digest else None
+
+
 def _import_pyseccomp() -> ModuleType:
-    """pyseccomp (libseccomp through ctypes), imported only by the runtime's child that
-    compiles a filter. The monitor runs ``python -S`` to start fast, so site-packages may
-    not be on the path: add its directories (without running any ``.pth`` file)."""
+    """pyseccomp (libseccomp through ctypes), imported only when a filter must be compiled
+    (it isn't in the cache). The monitor runs ``python -S`` to start fast, so site-packages
+    may not be on the path: add its directories (without running any ``.pth`` file)."""
     if sys.flags.no_site:
         import site
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -215,6 +216,46 @@ def test_compile_skips_unknown_calls_and_splits_same_argument_conditions() -> No
         ],
     }  # fmt: skip
     assert seccomp.compile_filter(_oci(profile=profile))
+
+
+def test_compiled_filters_are_kept_and_checked_before_use(tmp_path) -> None:  # noqa: ANN001
+    cache = tmp_path / "seccomp-cache"
+    program = seccomp.cached_filter(_oci(), str(cache))
+    assert program == seccomp.compile_filter(_oci())
+    (kept,) = cache.iterdir()
+    assert cache.stat().st_mode & 0o777 == 0o700 and kept.stat().st_mode & 0o777 == 0o600
+    assert kept.read_bytes() == hashlib.sha256(program).digest() + program
+    # A file that passes the checks is used as it is: libseccomp isn't asked again.
+    allow_all = bytes([0x06, 0, 0, 0, 0, 0, 0xFF, 0x7F])  # BPF_RET | BPF_K, SECCOMP_RET_ALLOW
+    kept.write_bytes(hashlib.sha256(allow_all).digest() + allow_all)
+    assert seccomp.cached_filter(_oci(), str(cache)) == allow_all
+    # A damaged one is compiled again and replaced.
+    for damaged in (b"", kept.read_bytes()[:-1], kept.read_bytes()[:-8] + program[:8]):
+        kept.write_bytes(damaged)
+        assert seccomp.cached_filter(_oci(), str(cache)) == program
+        assert kept.read_bytes().endswith(program)
+    # Another profile is another file.
+    seccomp.cached_filter(_oci(profile={"defaultAction": "SCMP_ACT_LOG"}), str(cache))
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_a_cache_others_could_write_to_is_not_used(tmp_path) -> None:  # noqa: ANN001
+    cache = tmp_path / "seccomp-cache"
+    program = seccomp.cached_filter(_oci(), str(cache))
+    (kept,) = cache.iterdir()
+    allow_all = bytes([0x06, 0, 0, 0, 0, 0, 0xFF, 0x7F])
+    planted = hashlib.sha256(allow_all).digest() + allow_all
+    kept.write_bytes(planted)
+    kept.chmod(0o666)  # a file anyone may rewrite
+    assert seccomp.cached_filter(_oci(), str(cache)) == program
+    kept.unlink()
+    (tmp_path / "elsewhere").write_bytes(planted)
+    kept.symlink_to(tmp_path / "elsewhere")  # a link to a file we didn't write there
+    assert seccomp.cached_filter(_oci(), str(cache)) == program
+    kept.write_bytes(planted)
+    cache.chmod(0o777)  # a directory anyone may write to: compiled, and nothing kept
+    assert seccomp.cached_filter(_oci(), str(cache)) == program
+    assert kept.read_bytes() == planted
 
 
 #: x86_64 system call numbers for the probes (the C library wraps none of them usefully).

@@ -30,11 +30,25 @@ _MAN_PAGES = {
     "capset": "capset(2)",
     "close_range": "close_range(2)",
     "mknod": "mknod(2)",
+    "mknodat": "mknod(2)",
+    "openat2": "openat2(2)",
+    "memfd_create": "memfd_create(2)",
+    "execveat": "execveat(2)",
     "kill": "kill(2)",
     "execve": "execve(2)",
     "setgroups": "setresuid(2)",
     "ioctl": "netdevice(7)",
+    "clone": "clone(2)",
+    "write": "proc(5)",
+    "open_tree": "open_tree(2)",
+    "mount_setattr": "mount_setattr(2)",
+    "move_mount": "move_mount(2)",
 }
+#: Why cgroup v2 device rules are bpf(2) calls rather than file writes.
+_DEVICE_PROGRAM = (
+    "cgroup v2 has no devices.allow: an eBPF program attached to the cgroup decides each "
+    "open or mknod of a device node by its processes (1 allows, 0 is EPERM)"
+)
 ENV = "MINIDOCK_EXPLAIN"
 #: The descriptor narration goes to (a duplicate of stderr), or None when off.
 narration_fd: int | None = None
@@ -75,6 +89,10 @@ def enable(mode: str) -> None:
         emit({"kind": "syscall", "call": call, "reason": reason, "man": _man_page(call)})
 
     def on_cgroup_write(path: str, value: str) -> None:
+        if value.startswith("bpf("):  # cgroups.devices_bpf: v2's device program, not a file
+            emit({"kind": "cgroup", "call": f"{value}  ({path})", "reason": _DEVICE_PROGRAM,
+                  "man": "bpf(2)", "file": path, "value": value})  # fmt: skip
+            return
         name = os.path.basename(path)
         emit({"kind": "cgroup", "call": f"{name} ← {value.strip()}  ({path})",
               "reason": "a cgroup setting: the kernel enforces it for every process in it",

@@ -13,7 +13,7 @@ import os
 import stat
 
 from cgroups.limits import cpus_to_quota
-from minidock import caps, seccomp
+from minidock import caps, seccomp, userns
 from minidock.errors import InvalidArgument
 
 OCI_VERSION = "1.0.2"
@@ -324,6 +324,10 @@ def build(
         "readonlyPaths": [] if privileged else READONLY_PATHS,
         "rootfsPropagation": "rprivate",
     }
+    id_maps = userns.IdMaps.from_host_config(host)
+    if id_maps is not None:  # the runtime creates it first: it owns the other namespaces
+        linux["namespaces"].insert(0, {"type": "user"})
+        linux["uidMappings"], linux["gidMappings"] = id_maps.uids, id_maps.gids
     # --privileged also means seccomp=unconfined, as in Docker.
     if not privileged and seccomp_profile != "unconfined":
         oci_seccomp = seccomp.for_container(seccomp_profile, capabilities)

@@ -12,15 +12,18 @@ arguments. When it is ``None`` (the default) nothing is formatted.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import errno
 import fcntl
 import os
+import signal
 import socket
 from collections.abc import Callable
 
 from minidock.errors import KernelError
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this interpreter is already linked with: dlopen(NULL) finds its symbols
+# without a search (ctypes.util.find_library would run ``ldconfig -p`` on every start).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 #: Called as ``observer(call, reason)`` for every system call when set (``--explain``).
 observer: Callable[[str, str], None] | None = None
@@ -107,6 +110,10 @@ _SYS_PIVOT_ROOT = 155
 _SYS_CAPSET = 126
 _SYS_CLOSE_RANGE = 436
 _SYS_SECCOMP = 317
+_SYS_CLONE = 56
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
 CLOSE_RANGE_CLOEXEC = 0x4
 SECCOMP_SET_MODE_FILTER = 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -139,8 +146,12 @@ def narrate(call: Callable[[], str], reason: str) -> None:
 
 
 def _check(result: int, call: str, detail: str = "") -> int:
+    return _check_errno(result, ctypes.get_errno(), call, detail)
+
+
+def _check_errno(result: int, err: int, call: str, detail: str = "") -> int:
     if result == -1:
-        raise KernelError(call, ctypes.get_errno(), detail)
+        raise KernelError(call, err, detail)
     return result
 
 
@@ -167,6 +178,71 @@ def setns(fd: int, nstype: int, reason: str = "") -> None:
         "setns",
         flag_names(nstype, _CLONE_TABLE),
     )
+
+
+# The same libc, but called with the GIL held: clone(2) must not let another thread run
+# Python while the address space is being copied (os.fork holds it too).
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+
+
+def clone(flags: int, reason: str = "") -> int:
+    """fork(2) with namespace flags (clone(2)): the child is born in new namespaces of the
+    kinds in ``flags``. Returns the child's PID in the parent and 0 in the child.
+
+    Namespaces made in one call are created in order, user namespace first, and each new
+    one is *owned* by the new user namespace. That is why a container with a user
+    namespace gets its PID namespace here and not by unshare(2) in the parent: a PID
+    namespace belongs to its creator's user namespace, and only a process privileged there
+    may mount a /proc for it. Python's os.fork takes no flags, so this makes the system call
+    itself (no new stack: the child goes on with a copy of ours, as after fork) and runs the
+    interpreter's own fork hooks around it, exactly as os.fork does.
+    """
+    narrate(lambda: f"clone({flag_names(flags, _CLONE_TABLE)}|SIGCHLD)", reason)
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(
+        ctypes.c_long(_SYS_CLONE), ctypes.c_ulong(flags | signal.SIGCHLD), None, None, None, None
+    )
+    err = ctypes.get_errno()
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    return _check_errno(pid, err, "clone", flag_names(flags, _CLONE_TABLE))
+
+
+def write_proc(path: str, text: str, reason: str = "") -> None:
+    """Write ``text`` to a kernel file under /proc (proc(5)) in a single write(2): files
+    such as ``uid_map`` take their whole content in one write, and only once. (The cgroup
+    library has its own: it is used without minidock.)"""
+    narrate(lambda: f'write("{path}", {text!r})', reason)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise KernelError("write", exc.errno or 0, path) from None
+
+
+def write_id_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> None:
+    """Give the user namespace of process ``pid`` its id maps (user_namespaces(7)).
+
+    Until ``uid_map`` and ``gid_map`` are written every id in the namespace is unmapped (it
+    shows as 65534) and its processes can't set any. Each line maps a range: "ID-INSIDE
+    ID-OUTSIDE COUNT". ``setgroups`` stays "allow": the maps are written by a process
+    privileged in the parent namespace, so the container's root may call setgroups(2).
+    """
+
+    def lines(mappings: list[dict]) -> str:
+        return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in mappings)
+
+    write_proc(f"/proc/{pid}/uid_map", lines(uid_mappings),
+               reason="the container's uids: which host uid each one is")  # fmt: skip
+    write_proc(f"/proc/{pid}/setgroups", "allow",
+               reason="setgroups(2) stays allowed: a privileged parent wrote the maps")  # fmt: skip
+    write_proc(f"/proc/{pid}/gid_map", lines(gid_mappings),
+               reason="the container's gids: which host gid each one is")  # fmt: skip
 
 
 # --- mounts -----------------------------------------------------------------------------------
@@ -204,6 +280,109 @@ def pivot_root(new_root: str, put_old: str, reason: str = "") -> None:
     """
     narrate(lambda: f'pivot_root("{new_root}", "{put_old}")', reason)
     _check(_libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+# --- openat2(2): a path lookup the kernel confines --------------------------------------------
+_SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01  # never cross into another mount
+RESOLVE_NO_MAGICLINKS = 0x02  # never jump through /proc/<pid>/fd/N, /proc/<pid>/root, …
+RESOLVE_NO_SYMLINKS = 0x04  # never follow any symlink
+RESOLVE_BENEATH = 0x08  # fail rather than leave the starting directory
+RESOLVE_IN_ROOT = 0x10  # the starting directory is "/": "/", ".." and absolute links stop there
+_RESOLVE_TABLE = {name: value for name, value in globals().items() if name.startswith("RESOLVE_")}
+_OPEN_TABLE = {
+    "O_PATH": os.O_PATH,
+    "O_DIRECTORY": os.O_DIRECTORY,
+    "O_NOFOLLOW": os.O_NOFOLLOW,
+    "O_CLOEXEC": os.O_CLOEXEC,
+}
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, reason: str = "") -> int:
+    """Open ``path`` relative to ``dirfd`` with the lookup itself restricted by ``resolve``
+    (openat2(2)); returns the new descriptor.
+
+    The kernel checks every component as it walks them, in the same walk that opens the
+    result: there is no moment between a check and a use for another process to swap a
+    directory for a symlink, which is what a check in user space can't avoid.
+    """
+    narrate(
+        lambda: (
+            f'openat2({dirfd}, "{path}", {flag_names(flags, _OPEN_TABLE)}, '
+            f"{flag_names(resolve, _RESOLVE_TABLE)})"
+        ),
+        reason,
+    )
+    how = _OpenHow(flags, 0, resolve)
+    return _check(
+        _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), _b(path),
+                      ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
+        "openat2",
+        path,
+    )  # fmt: skip
+
+
+# --- the new mount API: detached mounts, idmapped mounts --------------------------------------
+OPEN_TREE_CLONE = 0x1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def open_tree_clone(path: str, reason: str = "") -> int:
+    """A copy of the mount at ``path`` (and those under it) that is attached nowhere yet
+    (open_tree(2), OPEN_TREE_CLONE). The descriptor holds it: its attributes can be
+    changed before it is attached with move_mount, and closing it unattached unmounts it."""
+    narrate(lambda: f'open_tree(AT_FDCWD, "{path}", OPEN_TREE_CLONE|AT_RECURSIVE)', reason)
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
+    return _check(
+        _libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(-100), _b(path),
+                      ctypes.c_uint(flags)),
+        "open_tree",
+        path,
+    )  # fmt: skip
+
+
+def mount_setattr_idmap(tree: int, userns: int, reason: str = "") -> None:
+    """Make the detached mount ``tree`` an *idmapped mount* (mount_setattr(2) with
+    MOUNT_ATTR_IDMAP): every owner is seen through the id map of the user namespace
+    ``userns`` — a file owned by 0 on disk shows as that namespace's host id for 0, and
+    nothing on disk changes. Filesystems opt in (ext4, xfs, btrfs, tmpfs since 6.3…);
+    the others, and overlayfs itself, answer EINVAL."""
+    narrate(lambda: f"mount_setattr({tree}, AT_RECURSIVE, {{MOUNT_ATTR_IDMAP, {userns}}})", reason)
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns)
+    _check(
+        _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(tree), b"",
+                      ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE), ctypes.byref(attr),
+                      ctypes.c_size_t(ctypes.sizeof(attr))),
+        "mount_setattr",
+    )  # fmt: skip
+
+
+def move_mount(tree: int, target: str, reason: str = "") -> None:
+    """Attach the detached mount ``tree`` at ``target`` (move_mount(2))."""
+    narrate(lambda: f'move_mount({tree}, "", AT_FDCWD, "{target}", MOVE_MOUNT_F_EMPTY_PATH)',
+            reason)  # fmt: skip
+    _check(
+        _libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(tree), b"", ctypes.c_int(-100),
+                      _b(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
+        "move_mount",
+        target,
+    )  # fmt: skip
 
 
 # --- process attributes -----------------------------------------------------------------------
@@ -307,14 +486,19 @@ def seccomp_set_mode_filter(program: bytes, reason: str = "") -> None:
     )
 
 
-def mknod(path: str, mode: int, device: int, reason: str = "") -> None:
-    """Create a device node (mknod(2)); ``device`` is ``os.makedev(major, minor)``."""
+def mknod(path: str, mode: int, device: int, reason: str = "", dir_fd: int | None = None) -> None:
+    """Create a device node (mknod(2)); ``device`` is ``os.makedev(major, minor)``. With
+    ``dir_fd``, ``path`` is a name in that directory (mknodat(2)), not a path to walk."""
+    at = "" if dir_fd is None else f"{dir_fd}, "
     narrate(
-        lambda: f'mknod("{path}", {mode:#o}, makedev({os.major(device)}, {os.minor(device)}))',
+        lambda: (
+            f'mknod{"at" if at else ""}({at}"{path}", {mode:#o}, '
+            f"makedev({os.major(device)}, {os.minor(device)}))"
+        ),
         reason,
     )
     try:
-        os.mknod(path, mode, device)
+        os.mknod(path, mode, device, dir_fd=dir_fd)
     except OSError as exc:
         raise KernelError("mknod", exc.errno or 0, path) from None
 
@@ -328,10 +512,47 @@ def kill(pid: int, sig: int, reason: str = "") -> None:
         raise KernelError("kill", exc.errno or 0, str(pid)) from None
 
 
-def execve(path: str, args: list[str], env: dict[str, str], reason: str = "") -> None:
-    """Replace this process's program with ``path`` (execve(2)); returns only on failure."""
-    narrate(lambda: f'execve("{path}", {args!r})', reason)
-    os.execve(path, args, env)
+def fexecve(fd: int, args: list[str], env: dict[str, str], reason: str = "") -> None:
+    """Replace this process's program with the file open as ``fd`` (execveat(2) with
+    AT_EMPTY_PATH): no path is looked up, so it runs exactly the file that was opened.
+    Returns only on failure (OSError)."""
+    narrate(lambda: f'execveat({fd}, "", {args!r}, AT_EMPTY_PATH)', reason)
+    os.execve(fd, args, env)
+
+
+_MFD_EXEC = 0x10  # memfd_create(2) since Linux 6.3: "this memfd may be executed"
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+def sealed_memfd(name: str, data: bytes, reason: str = "") -> int:
+    """A file that exists only in memory holding ``data``, sealed so that nobody — not even
+    through /proc/<pid>/fd or /proc/<pid>/exe — can ever change it again (memfd_create(2),
+    then fcntl(F_ADD_SEALS): write, grow, shrink, and adding or removing seals)."""
+    narrate(
+        lambda: (
+            f'memfd_create("{name}", MFD_CLOEXEC|MFD_ALLOW_SEALING|MFD_EXEC); '
+            f"write({len(data)} bytes); fcntl(F_ADD_SEALS, F_SEAL_SEAL|F_SEAL_SHRINK|"
+            "F_SEAL_GROW|F_SEAL_WRITE)"
+        ),
+        reason,
+    )
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:
+        try:
+            fd = os.memfd_create(name, flags | _MFD_EXEC)
+        except OSError as exc:  # before 6.3 the flag is unknown, and every memfd executable
+            if exc.errno != errno.EINVAL:
+                raise
+            fd = os.memfd_create(name, flags)
+    except OSError as exc:
+        raise KernelError("memfd_create", exc.errno or 0, name) from None
+    try:
+        os.write(fd, data)  # a memfd takes a small buffer whole
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except OSError as exc:
+        os.close(fd)
+        raise KernelError("fcntl(F_ADD_SEALS)", exc.errno or 0, name) from None
+    return fd
 
 
 def set_identity(uid: int, gid: int, additional_gids: list[int], reason: str = "") -> None:

@@ -19,6 +19,7 @@ FIFO on which a created container waits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -40,11 +41,13 @@ from minidock.errors import (
     MinidockError,
 )
 from minidock.logfile import format_timestamp
-from minidock.runtime.init import container_init, receive, send
+from minidock.runtime.init import container_init, in_user_namespace, receive, send
 from minidock.state import Operation, Status, oci_status, require
 
 OCI_VERSION = "1.0.2"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Beside the containers' records in the runtime's root: compiled seccomp programs.
+SECCOMP_CACHE = ".seccomp-cache"
 
 
 @dataclass
@@ -150,8 +153,11 @@ def _fork_into_pid_namespace(spec: dict) -> int:
     unshare(CLONE_NEWPID) does not move the caller: it only decides where the caller's
     *next* child is born. So: unshare (or setns to a given namespace), fork, then setns
     back to our own namespace so later children are ordinary again. The container's
-    first process is thus our direct child, and we (the monitor) can reap it.
+    first process is thus our direct child, and we (the monitor) can reap it. (With a user
+    namespace the child is cloned into both at once: :func:`_clone_into_user_namespace`.)
     """
+    if _new_user_namespace(spec["linux"]):
+        return _clone_into_user_namespace(spec["linux"]["namespaces"])
     pid_ns = next((ns for ns in spec["linux"].get("namespaces", []) if ns["type"] == "pid"), None)
     if pid_ns is None:
         return os.fork()
@@ -179,6 +185,42 @@ def _fork_into_pid_namespace(spec: dict) -> int:
         os.close(own)
 
 
+def seccomp_filter(root: str, profile: dict | None) -> bytes | None:
+    """The spec's ``linux.seccomp`` as the BPF program the container's process installs
+    just before it execs (None: no filter). The runtime makes it before it forks, while it
+    still sees the host's libseccomp, and usually finds it already compiled in its cache
+    (``root/.seccomp-cache``, a name no container ID can have)."""
+    if not profile:
+        return None
+    from minidock import seccomp  # not at the top: state, kill and delete don't need it
+
+    return seccomp.cached_filter(profile, os.path.join(root, SECCOMP_CACHE))
+
+
+def _new_user_namespace(linux: dict) -> bool:
+    """Whether the spec asks for a user namespace (it must then say how its ids map)."""
+    if not in_user_namespace(linux):
+        return False
+    if not linux.get("uidMappings") or not linux.get("gidMappings"):
+        raise InvalidArgument("a user namespace needs linux.uidMappings and linux.gidMappings")
+    return True
+
+
+def _clone_into_user_namespace(namespaces: list[dict]) -> int:
+    """clone(2) the container's first process into a new user namespace and, in the same
+    call, a new PID namespace that the user namespace owns (as crun does; runc unshares
+    both in a child that forks again). unshare(CLONE_NEWPID) here would give the PID
+    namespace to the host's user namespace, and the container's root could never mount
+    a /proc for it. ``create`` then writes the child's id maps before letting it go on."""
+    if any(ns.get("path") for ns in namespaces if ns["type"] in ("user", "pid")):
+        raise InvalidArgument("a new user namespace can't join a user or PID namespace by path")
+    new_pid = any(ns["type"] == "pid" for ns in namespaces)
+    return syscalls.clone(
+        syscalls.CLONE_NEWUSER | (syscalls.CLONE_NEWPID if new_pid else 0),
+        reason="a user namespace that owns the new PID namespace: the child is its PID 1",
+    )
+
+
 def create(
     root: str,
     cid: str,
@@ -203,6 +245,7 @@ def create(
         raise InvalidArgument(f"cannot read {bundle}/config.json: {exc}") from None
     spec["root"]["path"] = os.path.join(bundle, spec["root"]["path"])
     os.makedirs(root, mode=0o700, exist_ok=True)
+    seccomp_program = seccomp_filter(root, spec.get("linux", {}).get("seccomp"))
     state_dir = _state_dir(root, cid)
     try:
         os.mkdir(state_dir, 0o700)
@@ -220,6 +263,10 @@ def create(
     try:
         fifo = os.path.join(state_dir, "exec.fifo")
         os.mkfifo(fifo, 0o622)
+        # Writable by anyone, whatever the umask: the init opens it after becoming the
+        # container's user, maybe without capabilities or as a user namespace's root. Only
+        # its descriptor leads there (the directory is 0700), as in runc.
+        os.chmod(fifo, 0o622)
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         if cgroup_name:
             cgroup = cgroups.create(cgroup_name, limits_from_spec(linux.get("resources", {})))
@@ -235,9 +282,8 @@ def create(
             if stdio is not None:
                 for target, fd in enumerate(stdio):
                     os.dup2(fd, target)
-            container_init(
-                spec, child_sock, fifo_fd, console, cgroup.paths() if cgroup else {}, ns_fds
-            )
+            container_init(spec, child_sock, fifo_fd, console, cgroup.paths() if cgroup else {},
+                           ns_fds, seccomp_program)  # fmt: skip
         child_sock.close()
         os.close(fifo_fd)
         for fd in ns_fds.values():
@@ -245,6 +291,8 @@ def create(
         with parent_sock:
             if cgroup is not None:
                 cgroup.add_process(pid)
+            if _new_user_namespace(linux):  # the child waits for its ids before anything else
+                syscalls.write_id_maps(pid, linux["uidMappings"], linux["gidMappings"])
             send(parent_sock, {"type": "go"})
             reply = receive(parent_sock)
             if reply.get("type") == "namespaces":
@@ -386,6 +434,21 @@ def kill(root: str, cid: str, sig: int, all_processes: bool = False) -> None:
         cgroups.open_cgroup(st.cgroup).kill_all(sig)
     else:
         syscalls.kill(st.pid, sig, reason="signal the container's PID 1")
+
+
+def update(root: str, cid: str, resources: dict) -> None:
+    """Change a running container's limits (``runc update``): the new values are written
+    to its cgroup's files, and the kernel applies them at once — a lower ``memory.max``
+    (v1: ``memory.limit_in_bytes``) makes it reclaim, or refuse with EBUSY when it can't.
+    Device rules are left as they are: rewriting them would deny every device for a moment."""
+    st = state(root, cid)
+    if st.status is Status.EXITED or not st.cgroup:
+        raise Conflict(f"container {cid} is not running")
+    try:
+        limits = dataclasses.replace(limits_from_spec(resources), device_rules=[])
+        cgroups.open_cgroup(st.cgroup).set_limits(limits)
+    except (ValueError, cgroups.CgroupError) as exc:
+        raise InvalidArgument(f"cannot update container {cid}: {exc}") from None
 
 
 def delete(root: str, cid: str, force: bool = False) -> None:

@@ -27,14 +27,15 @@ import socket
 import cgroups
 from minidock import explain, store, syscalls
 from minidock.errors import InvalidState, MinidockError
-from minidock.runtime import _error_from, state
+from minidock.runtime import _error_from, seccomp_filter, state
 from minidock.runtime.init import (
-    compile_seccomp,
     exec_program,
     find_program,
+    in_user_namespace,
     open_console,
     receive,
     send,
+    set_oom_score_adj,
     set_process_attributes,
 )
 from minidock.runtime.reaper import exit_status
@@ -56,15 +57,19 @@ def exec_process(root: str, cid: str, process: dict, *,
     st = state(root, cid)
     if st.status is not Status.RUNNING:
         raise InvalidState(f"container {cid} is not running")
-    ns_fds = {kind: os.open(f"/proc/{st.pid}/ns/{syscalls.NAMESPACE_FILES[kind]}",
-                            os.O_RDONLY | os.O_CLOEXEC) for kind in _JOIN}  # fmt: skip
-    group = cgroups.open_cgroup(st.cgroup) if st.cgroup else None
     linux = store.read_json(os.path.join(st.bundle, "config.json")).get("linux", {})
+    seccomp_program = seccomp_filter(root, linux.get("seccomp"))
+    # Its user namespace first (as runc): it owns the others, and is what makes the
+    # program's uid 0 the container's root rather than the host's.
+    joined = ("user", *_JOIN) if in_user_namespace(linux) else _JOIN
+    ns_fds = {kind: os.open(f"/proc/{st.pid}/ns/{syscalls.NAMESPACE_FILES[kind]}",
+                            os.O_RDONLY | os.O_CLOEXEC) for kind in joined}  # fmt: skip
+    group = cgroups.open_cgroup(st.cgroup) if st.cgroup else None
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         parent_sock.close()
-        _helper(process, linux.get("seccomp"), ns_fds, group, child_sock, stdio, console)
+        _helper(process, seccomp_program, ns_fds, group, child_sock, stdio, console)
     child_sock.close()
     for fd in ns_fds.values():
         os.close(fd)
@@ -74,6 +79,20 @@ def exec_process(root: str, cid: str, process: dict, *,
         os.waitpid(pid, 0)
         raise _error_from(reply)
     return pid
+
+
+def process_of(bundle: str, args: list[str], env: list[str] | None = None) -> dict:
+    """The OCI ``process`` for one more program in the container: a copy of its first
+    process's (user, capabilities, rlimits, no_new_privs, working directory, environment)
+    from the bundle's ``config.json``, running ``args``, without a terminal. ``env``
+    entries (``KEY=VALUE``) are added to the environment or replace a variable."""
+    process = dict(store.read_json(os.path.join(bundle, "config.json"))["process"])
+    process["args"] = args
+    process["terminal"] = False
+    merged = dict(e.split("=", 1) for e in process["env"])
+    merged.update(e.split("=", 1) for e in env or [] if "=" in e)
+    process["env"] = [f"{k}={v}" for k, v in merged.items()]
+    return process
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -87,7 +106,7 @@ def _close_all_but(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _helper(process: dict, seccomp_profile: dict | None, ns_fds: dict[str, int],
+def _helper(process: dict, seccomp_program: bytes | None, ns_fds: dict[str, int],
             group: cgroups.Cgroup | None, sync: socket.socket,
             stdio: tuple[int, int, int] | None, console: socket.socket | None) -> None:  # fmt: skip
     """Join the container, fork the program into its PID namespace, wait, exit with its
@@ -103,9 +122,9 @@ def _helper(process: dict, seccomp_profile: dict | None, ns_fds: dict[str, int],
         _close_all_but(keep)
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL,
                        reason="die with the exec command")  # fmt: skip
-        seccomp_program = compile_seccomp(seccomp_profile)  # before setns hides libseccomp
         if group is not None:
             group.add_process(os.getpid())
+        set_oom_score_adj(process)  # inherited by the program
         for kind, fd in ns_fds.items():
             syscalls.setns(fd, syscalls.NAMESPACE_FLAGS[kind],
                            reason=f"join the container's {kind} namespace")  # fmt: skip

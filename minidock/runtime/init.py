@@ -9,10 +9,11 @@ then, in order:
    the container must not be able to reach it through ``/proc/1/exe`` (CVE-2019-5736);
 4. builds the root filesystem and pivots into it (``rootfs.py``);
 5. sets hostname, rlimits, capabilities, uid/gid and no_new_privs, and installs the
-   seccomp filter (compiled earlier, while the host's libseccomp was still reachable);
+   seccomp filter (which the runtime compiled before forking it, with the host's libseccomp);
 6. tells the parent it is ready (OCI state ``created``) and blocks on the exec FIFO;
 7. when ``start`` opens the FIFO, marks every inherited descriptor close-on-exec and execs
-   the user's program, which replaces this Python process entirely.
+   the user's program — through a sealed trampoline (``dmz.py``) — which replaces this
+   Python process entirely.
 
 Any failure before step 6 is sent to the parent as a message, so ``create`` can report it
 (command not found → exit 127) and clean up; this process then exits.
@@ -30,8 +31,14 @@ import socket
 import termios
 
 from minidock import caps, syscalls
-from minidock.errors import CommandNotFound, CommandNotInvocable, InvalidArgument, MinidockError
-from minidock.runtime import rootfs
+from minidock.errors import (
+    CommandNotFound,
+    CommandNotInvocable,
+    InvalidArgument,
+    KernelError,
+    MinidockError,
+)
+from minidock.runtime import dmz, rootfs
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -54,8 +61,10 @@ def container_init(
     console: socket.socket | None,
     cgroup_paths: dict[str, str],
     ns_fds: dict[str, int],
+    seccomp_program: bytes | None,
 ) -> None:
-    """Body of the forked child. Never returns: execs the program, or exits on error."""
+    """Body of the forked child. Never returns: execs the program, or exits on error.
+    ``seccomp_program`` is the filter the runtime compiled for it (None: no filter)."""
     try:
         syscalls.prctl(
             syscalls.PR_SET_PDEATHSIG,
@@ -64,12 +73,13 @@ def container_init(
         )
         if receive(sync).get("type") != "go":
             os._exit(1)
+        set_oom_score_adj(spec["process"])
+        if in_user_namespace(spec["linux"]):
+            _become_user_namespace_root()
         _enter_namespaces(spec, ns_fds)
         # The namespaces exist: the runtime runs its createRuntime hooks now (e.g. to plug
         # a veth into our network namespace), before the root filesystem is switched.
         send(sync, {"type": "namespaces"})
-        # Meanwhile, compile the seccomp filter (it needs the host's libseccomp).
-        seccomp_program = compile_seccomp(spec["linux"].get("seccomp"))
         if receive(sync).get("type") != "continue":
             os._exit(1)
         syscalls.prctl(
@@ -118,9 +128,11 @@ def reset_signals() -> None:
 
 
 def exec_program(program: str, process: dict, with_reaper: bool = False) -> None:
-    """The last step: no inherited descriptor may survive, then execve(2) — from here on
-    the process is the container's program and nothing of the runtime is left in it.
-    Never returns; if exec fails, exits 126 (not executable) or 127 (not found)."""
+    """The last step: no inherited descriptor may survive, then execve(2) — by way of the
+    sealed trampoline (``dmz.py``), so that not even ``#!/proc/self/exe`` finds the host's
+    python. From here on the process is the container's program and nothing of the runtime
+    is left in it. Never returns; if exec fails, exits 126 (not executable) or 127 (not
+    found)."""
     syscalls.close_range_cloexec(3, reason="no host descriptor may reach the program")
     reset_signals()
     env = dict(e.split("=", 1) for e in process.get("env", []) if "=" in e)
@@ -129,10 +141,10 @@ def exec_program(program: str, process: dict, with_reaper: bool = False) -> None
 
         run_reaper(program, process["args"], env)
     try:
-        syscalls.execve(program, process["args"], env, reason="become the container's program")
-    except OSError as exc:
-        os.write(2, f"minidock: exec {process['args'][0]}: {exc.strerror}\n".encode())
-        os._exit(126 if exc.errno != 2 else 127)
+        dmz.execve(program, process["args"], env, reason="become the container's program")
+    except (OSError, KernelError) as exc:
+        os.write(2, f"minidock: exec {process['args'][0]}: {exc}\n".encode())
+        os._exit(126)
 
 
 def _report(sync: socket.socket, message: str, exit_code: int) -> None:
@@ -143,8 +155,9 @@ def _report(sync: socket.socket, message: str, exit_code: int) -> None:
 
 
 def _enter_namespaces(spec: dict, ns_fds: dict[str, int]) -> None:
-    """Join the namespaces given by path, then unshare the new ones (except PID: the parent
-    already created that one by forking us into it)."""
+    """Join the namespaces given by path, then unshare the new ones (except PID and user:
+    the parent already created those by forking or cloning us into them). Made after the
+    user namespace, each new one is owned by it: root inside has its powers over them."""
     for kind, fd in ns_fds.items():
         syscalls.setns(
             fd, syscalls.NAMESPACE_FLAGS[kind], reason=f"join an existing {kind} namespace"
@@ -152,9 +165,7 @@ def _enter_namespaces(spec: dict, ns_fds: dict[str, int]) -> None:
         os.close(fd)
     flags = 0
     for ns in spec["linux"].get("namespaces", []):
-        if ns["type"] == "user":
-            raise InvalidArgument("user namespaces are not supported yet")
-        if ns["type"] != "pid" and not ns.get("path"):
+        if ns["type"] not in ("pid", "user") and not ns.get("path"):
             flags |= syscalls.NAMESPACE_FLAGS[ns["type"]]
     if flags:
         syscalls.unshare(flags, reason="give the container its own namespaces")
@@ -162,14 +173,36 @@ def _enter_namespaces(spec: dict, ns_fds: dict[str, int]) -> None:
         syscalls.link_up("lo", reason="a new network namespace's loopback starts down")
 
 
+def in_user_namespace(linux: dict) -> bool:
+    """Whether the spec's ``linux`` section gives the container a user namespace."""
+    return any(ns["type"] == "user" for ns in linux.get("namespaces", []))
+
+
+def _become_user_namespace_root() -> None:
+    """Become uid and gid 0 *of the user namespace* — on the host, the first ids of the
+    container's range — as soon as the maps are written, before making the other
+    namespaces (as runc's nsexec). Until now we were host root, unmapped here; from now on
+    what we create (the IPC namespace's mqueue, the /dev tmpfs, mount points, the workdir)
+    belongs to the container's root, and host files open to us only as to any other user.
+    Changing uid clears the parent-death signal, so it is set again."""
+    syscalls.set_identity(0, 0, [], reason="root of the user namespace: an ordinary host uid")
+    syscalls.prctl(
+        syscalls.PR_SET_PDEATHSIG,
+        signal.SIGKILL,
+        reason="the uid change cleared it: die with the runtime during setup",
+    )
+
+
 def _build_rootfs(spec: dict, cgroup_paths: dict[str, str]) -> None:
     root = spec["root"]["path"]
     linux = spec["linux"]
     rootfs.make_private()
     rootfs.bind_rootfs(root)
-    for m in spec.get("mounts", []):
-        rootfs.mount_one(root, m, cgroup_paths)
-    rootfs.create_devices(root, linux.get("devices", []))
+    # Opened after the bind: lookups from it must start in the bind mount, not beneath it.
+    with rootfs.opened(rootfs.open_root(root)) as root_fd:
+        for m in spec.get("mounts", []):
+            rootfs.mount_one(root_fd, m, cgroup_paths)
+        rootfs.create_devices(root_fd, linux.get("devices", []), bind=in_user_namespace(linux))
     if spec.get("hostname"):
         syscalls.sethostname(spec["hostname"], reason="the container's own hostname (UTS ns)")
     rootfs.pivot_root(root)
@@ -196,44 +229,30 @@ def open_console(console: socket.socket | None, bind_dev_console: bool = True) -
     if not bind_dev_console:
         os.close(slave)
         return
-    console_path = "/dev/console"
-    if not os.path.exists(console_path):
-        os.close(os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-    syscalls.mount(
-        os.ttyname(slave),
-        console_path,
-        None,
-        syscalls.MS_BIND,
-        reason="/dev/console is the container's terminal",
-    )
+    with rootfs.opened(rootfs.open_root("/")) as root:  # the slave itself, onto /dev/console
+        rootfs.bind_mount(root, rootfs.fd_path(slave), "/dev/console",
+                          reason="/dev/console is the container's terminal")  # fmt: skip
     os.close(slave)
 
 
-def compile_seccomp(profile: dict | None) -> bytes | None:
-    """The spec's ``linux.seccomp`` compiled to a BPF program (None: no filter).
-
-    Done early, in the host's mount namespace: libseccomp is a host library, out of reach
-    once the root is pivoted (or the container's mount namespace joined).
-    """
-    if not profile:
-        return None
-    from minidock import seccomp  # not at the top: the monitor imports this module
-
-    return seccomp.compile_filter(profile)
+def set_oom_score_adj(process: dict) -> None:
+    """The OOM killer's bias for the process and, since it is inherited, its children. Set
+    first, while still host root: in a user namespace, root can't write the /proc/self
+    files of a non-dumpable process (they belong to host root) or lower the value."""
+    if "oomScoreAdj" in process:
+        syscalls.write_proc("/proc/self/oom_score_adj", str(process["oomScoreAdj"]),
+                            reason="how readily the OOM killer picks this process")  # fmt: skip
 
 
 def set_process_attributes(spec: dict, seccomp_program: bytes | None = None) -> None:
-    """rlimits, oom_score_adj, then identity and capabilities, then no_new_privs; the
-    seccomp filter goes in before the capabilities are dropped or after no_new_privs."""
+    """rlimits, then identity and capabilities, then no_new_privs; the seccomp filter goes
+    in before the capabilities are dropped or after no_new_privs."""
     process = spec["process"]
     for limit in process.get("rlimits", []):
         which = getattr(resource, limit["type"])
         _, hard_now = resource.getrlimit(which)
         hard = min(limit["hard"], hard_now) if hard_now != resource.RLIM_INFINITY else limit["hard"]
         resource.setrlimit(which, (min(limit["soft"], hard), hard))
-    if "oomScoreAdj" in process:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(process["oomScoreAdj"]))
     cwd = process.get("cwd", "/")
     os.makedirs(cwd, exist_ok=True)
     no_new_privs = bool(process.get("noNewPrivileges"))
@@ -246,7 +265,13 @@ def set_process_attributes(spec: dict, seccomp_program: bytes | None = None) -> 
         )
     _set_capabilities_and_user(process)
     os.chdir(cwd)
-    if not os.getcwd().startswith("/"):  # the kernel says "(unreachable)/…" outside the root
+    # Outside the root, getcwd(2) says "(unreachable)/…" (a host directory reached through
+    # a leaked descriptor: CVE-2024-21626); glibc turns that into ENOENT.
+    try:
+        inside = os.getcwd().startswith("/")
+    except FileNotFoundError:
+        inside = False
+    if not inside:
         raise InvalidArgument(f"working directory {cwd} is outside the container")
     if no_new_privs:
         syscalls.prctl(

@@ -21,7 +21,8 @@ import contextlib
 import os
 import signal
 
-from minidock import syscalls
+from minidock.errors import KernelError
+from minidock.runtime import dmz
 
 #: Signals the reaper keeps for itself: SIGCHLD drives reaping; the rest cannot be caught
 #: or are synchronous faults that must not be blocked.
@@ -59,10 +60,10 @@ def run_reaper(program: str, args: list[str], env: dict[str, str]) -> None:
     if child == 0:
         reset_signals()
         try:
-            syscalls.execve(program, args, env, reason="the program runs as PID 2 under --init")
-        except OSError as exc:
-            os.write(2, f"minidock-init: exec {args[0]}: {exc.strerror}\n".encode())
-            os._exit(126 if exc.errno != 2 else 127)
+            dmz.execve(program, args, env, reason="the program runs as PID 2 under --init")
+        except (OSError, KernelError) as exc:
+            os.write(2, f"minidock-init: exec {args[0]}: {exc}\n".encode())
+            os._exit(126)
     os.closerange(3, 2**31 - 1)  # the reaper never execs: really close host descriptors
     while True:
         info = signal.sigwaitinfo(catchable)

@@ -21,8 +21,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -93,10 +95,13 @@ class Lessons:
 
 
 @pytest.fixture(scope="module")
-def lessons(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: str) -> Lessons:
+def lessons(busybox_rootfs: str) -> Lessons:
     if os.geteuid() != 0:
         pytest.skip("needs root and a real kernel")
-    base = tmp_path_factory.mktemp("docs")
+    # Not under pytest's temporary directory (0700): with a user namespace, a container's
+    # root walks to its root filesystem as an ordinary host user (docs/userns.md).
+    base = Path(tempfile.mkdtemp(prefix="minidock-docs-"))
+    base.chmod(0o711)
     md = Minidock(str(base / "root"), f"minidock-docs-{secrets.token_hex(4)}")
     bin_dir = base / "bin"
     bin_dir.mkdir()
@@ -109,6 +114,7 @@ def lessons(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: str) -> Le
         yield Lessons(md, bin_dir)
     finally:
         md.cleanup()
+        shutil.rmtree(base)
 
 
 @pytest.mark.parametrize(("path", "index", "block"), _block_params())

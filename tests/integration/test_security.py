@@ -3,7 +3,8 @@
 Every attack must fail by default. Each is also run once where it should succeed — with
 ``--privileged``, the relevant ``--cap-add``, ``seccomp=unconfined``, or on the host
 itself — so that a probe which could never detect success can't pass by accident. No
-probe changes anything outside its container, controls included: device and /proc files
+probe changes anything outside its container but files the test made for it (a copy of
+python to overwrite, a directory to escape to), controls included: device and /proc files
 are opened and closed, never written; kernel calls get arguments the kernel rejects
 harmlessly once the permission checks have passed (so "EPERM" versus any other errno
 tells which layer refused).
@@ -14,17 +15,23 @@ and drives them through ctypes.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import stat
 import subprocess
+import sys
+import sysconfig
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Minidock
+from tests.conftest import REPO, Minidock, wait_for
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 system call numbers")
 
@@ -375,3 +382,345 @@ def test_workdir_through_an_inherited_descriptor_is_refused(
             assert cwd.startswith("/") and not cwd.startswith(md.root), (args, cwd)
         else:
             assert proc.stderr.startswith("minidock: "), (args, proc.stderr)
+
+
+# --- mount destinations: resolved in the root, mounted on the descriptor (CVE-2021-30465) ------
+def _host_mounts_at(*paths: Path) -> set[str]:
+    """The host's mount points at or below any of ``paths``."""
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4] for line in f}
+    return {p for p in points for path in paths if p == str(path) or p.startswith(f"{path}/")}
+
+
+def test_mount_destinations_through_symlinks_stay_in_the_root(md: Minidock, tmp_path) -> None:  # noqa: ANN001
+    """The image's symlinks point at host paths — absolutely, by climbing with ``..``, at a
+    file — and ``/etc/hosts`` itself is one: every ``-v``, ``--tmpfs`` and the engine's own
+    /etc binds must land at the link's target *inside* the rootfs, as the container sees
+    it. A link through a procfs magic link can't be followed in the root at all: refused."""
+    host_dir, host_file, host_hosts = (tmp_path / n for n in ("host-dir", "host-file", "hosts"))
+    host_dir.mkdir()
+    host_file.write_text("host\n")
+    host_hosts.write_text("host\n")
+    volume, volume_file = tmp_path / "volume", tmp_path / "volume-file"
+    volume.mkdir()
+    volume_file.write_text("volume\n")
+    rootfs = md.engine.images.get("busybox").lowerdirs[0]
+    links = {"abs": str(host_dir), "rel": "../" * 64 + str(host_dir).lstrip("/"),
+             "file-link": str(host_file), "etc/hosts": str(host_hosts),
+             "magic": f"/proc/self/root{host_dir}"}  # fmt: skip
+    for name, target in links.items():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(rootfs, name))
+        os.symlink(target, os.path.join(rootfs, name))
+    # Control: followed on the host, each of these links does lead to the host's files.
+    for name in ("abs", "rel", "magic"):
+        assert os.path.realpath(os.path.join(rootfs, name)) == str(host_dir)
+    assert os.path.realpath(os.path.join(rootfs, "file-link")) == str(host_file)
+    assert os.path.realpath(os.path.join(rootfs, "etc/hosts")) == str(host_hosts)
+
+    script = ("cat /file-link /etc/hosts | head -n 2; touch /abs/one/x /rel/two/y /abs/tmp/z; "
+              "awk '{print $5}' /proc/self/mountinfo")  # fmt: skip
+    flags = ["-v", f"{volume}:/abs/one", "-v", f"{volume}:/rel/two", "--tmpfs", "/abs/tmp",
+             "-v", f"{volume_file}:/file-link"]  # fmt: skip
+    out = _sh(md, script, *flags).stdout.splitlines()
+    assert out[0] == "volume" and out[1].startswith("127.0.0.1")  # the binds took effect…
+    inside = set(out[2:])  # …at the links' targets, as paths inside the container
+    assert {f"{host_dir}/one", f"{host_dir}/two", f"{host_dir}/tmp", str(host_file),
+            str(host_hosts)} <= inside  # fmt: skip
+    assert sorted(os.listdir(volume)) == ["x", "y"]
+    refused = _sh(md, "true", "-v", f"{volume}:/magic/data")
+    assert refused.returncode == 125 and "ELOOP" in refused.stderr, refused.stderr
+    # Nothing reached the host: no file made, none changed, nothing mounted.
+    assert list(host_dir.iterdir()) == []
+    assert host_file.read_text() == host_hosts.read_text() == "host\n"
+    assert _host_mounts_at(host_dir, host_file, host_hosts) == set()
+
+
+# --- masked paths: bound from the real /dev/null, checked on the descriptor (CVE-2025-31133) ---
+def _bundle(tmp_path: Path, busybox_rootfs: str, dev_null: str | None, process: list[str]) -> Path:
+    """An OCI bundle of busybox that masks /proc/timer_list. With ``dev_null`` its /dev is
+    the image's own directory, where /dev/null is a symlink to ``dev_null``; without, a
+    tmpfs with a real null device, as the engine makes it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(busybox_rootfs, bundle / "rootfs", symlinks=True)
+    mounts = [{"destination": "/proc", "type": "proc", "source": "proc"}]
+    devices = []
+    if dev_null is None:
+        mounts.append({"destination": "/dev", "type": "tmpfs", "source": "tmpfs"})
+        devices.append({"path": "/dev/null", "type": "c", "major": 1, "minor": 3})
+    else:
+        os.symlink(dev_null, bundle / "rootfs/dev/null")
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": process, "env": ["PATH=/bin"], "cwd": "/",
+                    "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "mounts": mounts,
+        "linux": {"devices": devices, "maskedPaths": ["/proc/timer_list"],
+                  "namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts", "network")]},
+    }))  # fmt: skip
+    return bundle
+
+
+def test_a_masked_path_is_bound_only_from_the_real_null_device(
+    md: Minidock, busybox_rootfs: str, tmp_path  # noqa: ANN001
+) -> None:
+    """runc's CVE-2025-31133: a container whose /dev/null is a symlink to a /proc file has
+    that file bind-mounted, writable, over the paths meant to be hidden. Here /dev/null is
+    opened once, checked by fstat of that descriptor to be char 1:3, and bound from it."""
+    if not os.path.exists("/proc/timer_list"):
+        pytest.skip("this kernel has no /proc/timer_list to mask")
+    with open("/proc/sys/kernel/core_pattern") as f:
+        core_pattern = f.read()
+    script = "stat -c %t:%T /proc/timer_list; wc -c < /proc/timer_list"
+    state = str(tmp_path / "state")
+    rt = ("runtime", "--state-dir", state)
+    attacked = _bundle(tmp_path, busybox_rootfs, "/proc/sys/kernel/core_pattern", ["true"])
+    try:
+        proc = md(*rt, "create", "--bundle", str(attacked), "attacked", check=False)
+        assert proc.returncode != 0 and "/dev/null is not the null device" in proc.stderr
+        assert not os.path.exists(os.path.join(state, "attacked"))  # undone, as if never tried
+    finally:
+        md(*rt, "delete", "--force", "attacked", check=False)
+    with open("/proc/sys/kernel/core_pattern") as f:
+        assert f.read() == core_pattern
+    # Control: with a real /dev/null the same bundle starts, and the file reads as it.
+    shutil.rmtree(attacked)
+    output = tmp_path / "output"
+    control = _bundle(tmp_path, busybox_rootfs, None, ["sh", "-c", script])
+    try:
+        with open(output, "w") as out:
+            subprocess.run([sys.executable, "-m", "minidock", *rt, "create", "--bundle",
+                            str(control), "control"], env=md.env, stdout=out, stderr=out,
+                           check=True, timeout=60)  # fmt: skip
+        md(*rt, "start", "control")
+        assert wait_for(lambda: json.loads(md(*rt, "state", "control").stdout)["status"]
+                        == "stopped")  # fmt: skip
+        assert output.read_text().split() == ["1:3", "0"]
+    finally:
+        md(*rt, "delete", "--force", "control", check=False)
+
+
+# --- descriptors: none of the runtime's reaches the program (CVE-2024-21626) -----------------
+def test_no_runtime_descriptor_reaches_the_program(md: Minidock) -> None:
+    """``ls /proc/self/fd`` lists 0, 1, 2 and ls's own directory (3) — however the program
+    was started: run, run --init (the program is the reaper's child), exec, exec -i, and
+    with --explain, whose narration the runtime writes to a descriptor of its own."""
+    listing = "ls /proc/self/fd | tr '\\n' ' '"
+    md("run", "-d", "--name", "box", "--network", "none", "busybox", "sleep", "60")
+    starts = {
+        "run": ("run", "--rm", "--network", "none", "busybox", "sh", "-c", listing),
+        "run --init": ("run", "--rm", "--init", "--network", "none", "busybox", "sh", "-c",
+                       listing),
+        "explain run": ("--explain", "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                        listing),
+        "exec": ("exec", "box", "sh", "-c", listing),
+        "exec -i": ("exec", "-i", "box", "sh", "-c", listing),
+        "explain exec": ("--explain", "exec", "box", "sh", "-c", listing),
+    }  # fmt: skip
+    seen = {how: md(*args, input="").stdout.split() for how, args in starts.items()}
+    assert seen == {how: ["0", "1", "2", "3"] for how in starts}
+    # Control: a descriptor the shell opens without close-on-exec is seen by the same probe.
+    control = md("exec", "box", "sh", "-c", f"exec 7</etc/hostname; {listing}").stdout.split()
+    assert control == ["0", "1", "2", "3", "7"]
+
+
+# --- CVE-2019-5736: overwriting the host's python through /proc/<pid>/exe during exec --------
+#: The attacker: ``python3 THIEF TARGETS IDS STOP OUT``. It opens /proc/<pid>/exe (O_PATH) of
+#: every process that appears (TARGETS "new") or of one PID, until the file STOP exists
+#: (listing each PID it sees in OUT.seen); then reopens each through /proc/self/fd/N for
+#: writing — retrying while ETXTBSY says something still runs it — and writes a marker, but
+#: only into a file whose (st_dev, st_ino) is in IDS (copies made for the test) or into a
+#: memfd. The report goes to OUT.
+_THIEF = r"""
+import errno, json, os, sys, time
+targets, ids, stop, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+ids = {tuple(i) for i in ids}
+before = set(os.listdir("/proc"))
+def candidates():
+    if targets != "new":
+        return [targets]
+    return [p for p in os.listdir("/proc")
+            if p.isdigit() and p not in before and int(p) != os.getpid()]
+held, refused, seen = {}, {}, set()
+open(out + ".ready", "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists(stop) and time.monotonic() < deadline:
+    for pid in candidates():
+        if pid not in seen:
+            seen.add(pid)
+            with open(out + ".seen", "a") as f:
+                f.write(pid + "\n")
+        if pid not in held:
+            try:
+                held[pid] = os.open(f"/proc/{pid}/exe", os.O_PATH)
+                refused.pop(pid, None)
+            except OSError as exc:
+                refused[pid] = errno.errorcode[exc.errno]
+report = {"refused": refused, "held": {}}
+for pid, fd in held.items():
+    st = os.fstat(fd)
+    exe = os.readlink(f"/proc/self/fd/{fd}")
+    ours = (st.st_dev, st.st_ino) in ids or exe.startswith("/memfd:")
+    entry = report["held"][pid] = {"exe": exe, "id": [st.st_dev, st.st_ino]}
+    until = time.monotonic() + 10
+    while True:
+        try:
+            w = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
+        except OSError as exc:
+            entry["reopen"] = errno.errorcode[exc.errno]
+            if exc.errno == errno.ETXTBSY and ours and time.monotonic() < until:
+                time.sleep(0.05)
+                continue
+            break
+        entry["reopen"] = "ok"
+        if ours:
+            try:
+                os.write(w, b"#!pwned\n")
+                entry["write"] = "ok"
+            except OSError as exc:
+                entry["write"] = errno.errorcode[exc.errno]
+        os.close(w)
+        break
+with open(out, "w") as f:
+    json.dump(report, f)
+"""
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _identity(path: Path | str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino]
+
+
+def test_exec_cannot_overwrite_the_host_python_through_proc_exe(
+    md: Minidock, tmp_path  # noqa: ANN001
+) -> None:
+    """The 2019 runc exploit against ``minidock exec``: the container's /bin/sh becomes
+    ``#!/proc/self/exe`` and a process in the container watches for new PIDs, holds their
+    /proc/<pid>/exe and, once nothing runs it any more, reopens it for writing.
+
+    What stops it, in order: the exec helper joins the namespaces but not the PID one, so
+    it never appears in the container; its child, the host's python until its execve, is
+    non-dumpable (PR_SET_DUMPABLE 0), so /proc/<pid>/exe is refused (EACCES); and that
+    child never execs the program itself but the trampoline, from a sealed memfd
+    (``runtime/dmz.py``): ``#!/proc/self/exe`` finds the trampoline, whose file can be
+    reopened but never written (EPERM). Descriptors are all close-on-exec (close_range).
+
+    ``minidock exec`` runs here from a copy of the host's interpreter, so that when it has
+    exited nothing else runs that file: a held handle on it would be writable, unlike one on
+    the real interpreter, which the test's own python keeps busy (ETXTBSY). The real one is
+    only ever read (hashed). Control: the same thief, given a dumpable process running
+    another copy, overwrites that copy.
+    """
+    real = os.path.realpath(sys.executable)
+    (tmp_path / "bin").mkdir()
+    exec_copy, control_copy = tmp_path / "bin/python-exec", tmp_path / "bin/python-control"
+    for copy in (exec_copy, control_copy):
+        shutil.copy2(real, copy)
+    watched = [real, os.path.realpath("/usr/bin/python3"), str(exec_copy)]
+    before = {path: _sha256(path) for path in watched}
+    env = {**md.env, "PYTHONHOME": sys.base_prefix,
+           "PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}"}  # fmt: skip
+    thief = tmp_path / "thief.py"
+    thief.write_text(_THIEF)
+
+    md("run", "-d", "--name", "box", "--network", "none", *HOST_PYTHON,
+       "-v", f"{thief}:/thief.py:ro", "busybox", "sleep", "300")  # fmt: skip
+    root = f"/proc/{md.pid('box')}/root"
+    md("exec", "box", "sh", "-c",
+       "rm /bin/sh && echo '#!/proc/self/exe' > /bin/sh && chmod +x /bin/sh")  # fmt: skip
+    ids = json.dumps([_identity(exec_copy)])
+    md("exec", "-d", "box", "/usr/bin/python3", "-I", "/thief.py", "new", ids, "/tmp/stop",
+       "/tmp/report")  # fmt: skip
+    assert wait_for(lambda: os.path.exists(f"{root}/tmp/report.ready"))
+    for _ in range(20):  # the exec'd process lives milliseconds: attack until the thief saw one
+        attack = subprocess.run([str(exec_copy), "-m", "minidock", "exec", "box", "/bin/sh"],
+                                env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        # /bin/sh ran its "interpreter", the trampoline, which was given nothing to run: 127.
+        assert attack.returncode == 127, attack.stderr
+        if os.path.exists(f"{root}/tmp/report.seen"):
+            break
+    Path(f"{root}/tmp/stop").touch()
+    assert wait_for(lambda: os.path.exists(f"{root}/tmp/report"), 30)
+    with open(f"{root}/tmp/report") as f:
+        report = json.load(f)
+    assert report["refused"] or report["held"], "the thief saw no process of the exec"
+    assert set(report["refused"].values()) <= {"EACCES", "ENOENT", "ESRCH"}, report
+    for entry in report["held"].values():
+        assert entry["id"] not in [_identity(p) for p in watched], report  # no host binary…
+        assert entry.get("write", "EPERM") == "EPERM", report  # …and nothing writable
+    assert {path: _sha256(path) for path in watched} == before
+
+    # Control: the thief on the host, against a dumpable process running the other copy.
+    victim = subprocess.Popen([str(control_copy), "-c", "import time; time.sleep(1)"], env=env)
+    stop, out = tmp_path / "control-stop", tmp_path / "control-report"
+    args = [str(victim.pid), json.dumps([_identity(control_copy)]), str(stop), str(out)]
+    thief_proc = subprocess.Popen([sys.executable, "-I", str(thief), *args])
+    try:
+        assert wait_for(lambda: os.path.exists(f"{out}.ready"))
+    finally:  # the thief holds the victim's exe; once the victim has exited, it strikes
+        victim.wait()
+        stop.touch()
+        thief_proc.wait(timeout=60)
+    entry = json.loads(out.read_text())["held"][str(victim.pid)]
+    assert (entry["reopen"], entry["write"]) == ("ok", "ok")
+    assert control_copy.read_bytes().startswith(b"#!pwned")
+    assert {path: _sha256(path) for path in watched} == before
+
+
+# --- a race: a container swaps a shared directory for a symlink while another one starts -------
+#: ``python3 RACER HOST_PATH``, in a container with the shared volume at /shared: makes the
+#: directory /shared/d and the symlink /shared/l -> HOST_PATH, then swaps the two names with
+#: renameat2(RENAME_EXCHANGE) as fast as it can until /shared/stop exists.
+_RACER = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+os.mkdir("/shared/d")
+os.symlink(sys.argv[1], "/shared/l")
+open("/shared/ready", "w").close()
+while not os.path.exists("/shared/stop"):
+    libc.syscall(316, -100, b"/shared/d", -100, b"/shared/l", 2)  # renameat2, RENAME_EXCHANGE
+"""
+
+
+def test_a_racing_symlink_swap_cannot_redirect_a_mount(md: Minidock, tmp_path) -> None:  # noqa: ANN001
+    """CVE-2021-30465: one container flips /shared/d between a directory and a symlink to a
+    host path while another, sharing the volume, starts with a mount *below* it
+    (``-v …:/vol/d/sub``). Resolving the path first and mounting on it by name later loses
+    that race; resolving it once with openat2 and mounting on the descriptor can't."""
+    shared, victim, source = tmp_path / "shared", tmp_path / "victim", tmp_path / "source"
+    for directory in (shared, victim, source):
+        directory.mkdir()
+    racer = tmp_path / "racer.py"
+    racer.write_text(_RACER)
+    md("run", "-d", "--name", "racer", "--network", "none", *HOST_PYTHON,
+       "-v", f"{shared}:/shared", "-v", f"{racer}:/racer.py:ro",
+       "busybox", "/usr/bin/python3", "-I", "/racer.py", str(victim))  # fmt: skip
+    try:
+        assert wait_for(lambda: (shared / "ready").exists())
+        # Control: a walk by path through the volume, as a path-based runtime would make
+        # its mount point, soon goes through the symlink — onto the host.
+        for _ in range(10000):
+            with contextlib.suppress(OSError):
+                os.makedirs(shared / "d" / "probe", exist_ok=True)
+            if (victim / "probe").exists():
+                break
+        assert (victim / "probe").exists(), "the race never showed: nothing to test against"
+        os.rmdir(victim / "probe")
+        started = 0
+        for _ in range(8):
+            proc = md("run", "--rm", "--network", "none", "-v", f"{shared}:/vol",
+                      "-v", f"{source}:/vol/d/sub", "busybox", "true", check=False)  # fmt: skip
+            # Either way is fine: mounted inside the root, or refused (a component changed).
+            assert proc.returncode == 0 or "minidock:" in proc.stderr, proc.stderr
+            started += proc.returncode == 0
+        assert started, "no container started at all"
+    finally:
+        (shared / "stop").touch()
+    assert list(victim.iterdir()) == []
+    assert _host_mounts_at(victim) == set()

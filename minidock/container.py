@@ -12,10 +12,11 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
-from minidock import runtime, store, syscalls
-from minidock.errors import ContainerNotFound, KernelError
+from minidock import events, runtime, store, syscalls, userns
+from minidock.errors import ContainerNotFound, KernelError, MinidockError
 from minidock.logfile import format_timestamp
 from minidock.state import Status
 
@@ -37,7 +38,9 @@ def initial_state() -> dict[str, Any]:
         "Error": "",
         "StartedAt": ZERO_TIME,
         "FinishedAt": ZERO_TIME,
-        "RestartCount": 0,
+        "RestartCount": 0,  # restarts by the restart policy since the user's last start
+        "RestartDelay": 0,  # the back-off before the policy's next restart, in seconds
+        "ManuallyStopped": False,  # stopped or killed by the user: no policy restart
     }
 
 
@@ -86,11 +89,25 @@ class Container:
 
     def update_state(self, **changes: Any) -> dict[str, Any]:
         """Read-modify-write ``state.json`` under its lock; returns the new state."""
+        return self.change_state(lambda _: changes)
+
+    def change_state(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Like :meth:`update_state`, for changes that depend on the current state:
+        ``change(state)`` returns the fields to set (an empty dict leaves the file as it
+        is). Returns the state after."""
         with store.locked(self.path("state.lock")):
             data = self.state()
-            data.update(changes)
-            store.write_json(self.path("state.json"), data)
+            changes = change(data)
+            if changes:
+                data.update(changes)
+                store.write_json(self.path("state.json"), data)
             return data
+
+    def emit(self, action: str, **extra: str) -> None:
+        """Append an event about this container to the journal (``minidock events``)."""
+        record = self.record()
+        attributes = {"name": record["Name"].lstrip("/"), "image": record["Config"]["Image"]}
+        events.emit(self.paths.root, action, self.id, {**attributes, **extra})
 
     def operation_lock(self) -> Any:
         """Serialises commands that change this container (start, stop, rm, …)."""
@@ -110,10 +127,15 @@ class Container:
         """Fix the record after a monitor died without writing the exit (``kill -9``): if
         the state says running but the monitor is gone, learn the truth from the kernel."""
         st = self.state()
-        if st["Status"] not in (Status.RUNNING, Status.PAUSED) or self.monitor_alive(st):
+        live = (Status.RUNNING, Status.PAUSED, Status.RESTARTING)
+        if st["Status"] not in live or self.monitor_alive(st):
             return
-        if self.init_alive(st):
+        if st["Status"] != Status.RESTARTING and self.init_alive(st):
             return  # still running, just unsupervised: stop/kill still work on it
+        if st["Status"] == Status.RESTARTING:  # the exit was recorded: only the restart is lost
+            self.update_state(Status=Status.EXITED.value, MonitorPid=0,
+                              Error="monitor died before restarting the container")  # fmt: skip
+            return
         self.cleanup_after_exit()
         self.update_state(
             Status=Status.EXITED.value,
@@ -125,15 +147,20 @@ class Container:
         )
 
     # --- root filesystem ------------------------------------------------------------------
-    def mount_rootfs(self, lowerdirs: list[str]) -> None:
+    def mount_rootfs(self, lowerdirs: list[str], id_maps: userns.IdMaps | None = None) -> None:
         """Mount the container's root: an overlayfs whose read-only lower layers are the
         image and whose upper layer (``upper/``) receives every write the container makes.
-        ``work/`` is scratch space overlayfs needs on the same filesystem as ``upper/``."""
+        ``work/`` is scratch space overlayfs needs on the same filesystem as ``upper/``.
+        In a user namespace (``id_maps``) the layers are first made to show the container's
+        root as their owner (:func:`userns.layers_for`), and ``upper/`` belongs to it."""
         if os.path.ismount(self.rootfs):
             return
         for d in ("upper", "work"):
             os.makedirs(self.path(d), mode=0o755, exist_ok=True)
         os.makedirs(self.rootfs, mode=0o755, exist_ok=True)
+        if id_maps is not None:
+            lowerdirs = userns.layers_for(self.dir, lowerdirs, id_maps)
+            os.chown(self.path("upper"), *id_maps.root)
         options = (
             f"lowerdir={':'.join(lowerdirs)},upperdir={self.path('upper')},"
             f"workdir={self.path('work')}"
@@ -153,6 +180,7 @@ class Container:
                 syscalls.umount2(self.rootfs, 0, reason="the container stopped")
             except KernelError:
                 syscalls.umount2(self.rootfs, syscalls.MNT_DETACH, reason="still busy: detach")
+        userns.unmount_layers(self.dir)
 
     def cleanup_after_exit(self) -> None:
         """What must not outlive the container's processes: its runtime record (and with
@@ -162,7 +190,11 @@ class Container:
         self.unmount_rootfs()
 
     def remove_files(self) -> None:
-        """Delete the container directory (the caller made sure nothing is mounted)."""
+        """Delete the container directory (the caller made sure nothing is mounted: were an
+        image layer still mounted in it, rmtree would delete the image's files through it)."""
+        if any(p.startswith(f"{self.dir}/") for p in userns.mount_points()):
+            raise MinidockError(f"container {self.id[:12]} still has mounts: not removing it")
+        self.emit("destroy")
         trash = os.path.join(self.paths.containers, f".removing-{self.id}")
         os.rename(self.dir, trash)
         shutil.rmtree(trash)

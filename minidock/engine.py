@@ -9,6 +9,7 @@ Python program can do with ``Engine(root).run(RunOptions(image="busybox", …))`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -22,9 +23,22 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cgroups
-from minidock import caps, logfile, logs, parse, runtime, spec, store, users
+from minidock import (
+    caps,
+    health,
+    logfile,
+    logs,
+    parse,
+    restart,
+    runtime,
+    spec,
+    store,
+    userns,
+    users,
+)
 from minidock.container import Container, initial_state, now
 from minidock.errors import (
     Conflict,
@@ -34,10 +48,12 @@ from minidock.errors import (
     MinidockError,
 )
 from minidock.images import Image, ImageStore
-from minidock.monitor import Attach, Monitor, remove_if_auto
-from minidock.network.networks import NetworkStore
+from minidock.monitor import Attach, Monitor, remove_if_auto, restart_stage_argv
 from minidock.parse import PortSpec, VolumeSpec
 from minidock.state import Operation, Status, require
+
+if TYPE_CHECKING:
+    from minidock.network.networks import NetworkStore
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_STOP_TIMEOUT = 10
@@ -83,6 +99,15 @@ class RunOptions:
     security_opt: list[str] = field(default_factory=list)
     stop_signal: str | None = None
     stop_timeout: int | None = None
+    restart: str = "no"
+    #: ``--health-*`` as Docker's Config.Healthcheck, None if no flag was given (then the
+    #: image's HEALTHCHECK applies); merged with the image's at create (health.merge).
+    healthcheck: dict | None = None
+    health_on_failure: str = "none"
+    #: ``--userns`` (host, auto, auto:size=N) and ``--uidmap``/``--gidmap`` (CONTAINER:HOST:SIZE).
+    userns: str = ""
+    uidmap: list[str] = field(default_factory=list)
+    gidmap: list[str] = field(default_factory=list)
 
 
 def port_bindings(publish: list[PortSpec]) -> dict[str, list[dict[str, str]]]:
@@ -106,11 +131,18 @@ class Engine:
         self.paths = store.Paths(store.state_root(root))
         self.paths.ensure()
         self.images = ImageStore(self.paths)
-        self.networks = NetworkStore(self.paths.root)
         self.port_mode = port_mode or os.environ.get("MINIDOCK_PORT_MODE") or "shim"
         self.cgroup_parent = (
             cgroup_parent or os.environ.get("MINIDOCK_CGROUP_PARENT") or "minidock"
         ).strip("/")
+
+    @functools.cached_property
+    def networks(self) -> NetworkStore:
+        """The bridge networks, opened on first use: a container started with ``--network
+        none`` or ``host`` needs neither them nor the modules they import."""
+        from minidock.network.networks import NetworkStore
+
+        return NetworkStore(self.paths.root)
 
     # --- finding containers -------------------------------------------------------------------
     def _ids(self) -> list[str]:
@@ -164,6 +196,10 @@ class Engine:
         if (opts.publish or opts.publish_all) and not self._is_bridge(opts.network):
             raise InvalidArgument(f"ports can't be published with --network {opts.network}")
         spec.security_options(opts.security_opt)  # refuse unknown options now, not at start
+        userns_size = self._check_userns(opts)
+        restart_policy = restart.parse_policy(opts.restart)
+        if opts.auto_remove and restart_policy["Name"] != "no":
+            raise InvalidArgument("conflicting options: --restart and --rm")
         cid = secrets.token_hex(32)
         hostname = opts.hostname or (socket.gethostname() if opts.network == "host" else cid[:12])
         config = {
@@ -179,6 +215,8 @@ class Engine:
             "Image": opts.image,
             "StopSignal": opts.stop_signal or image.config.get("StopSignal", "SIGTERM"),
             "StopTimeout": opts.stop_timeout,
+            "Healthcheck": health.merge(opts.healthcheck, image.config.get("Healthcheck")),
+            "HealthcheckOnFailureAction": opts.health_on_failure,
         }
         if opts.entrypoint == "":
             config["Entrypoint"] = []
@@ -190,6 +228,7 @@ class Engine:
             "PortBindings": port_bindings(opts.publish),
             "PublishAllPorts": opts.publish_all,
             "AutoRemove": opts.auto_remove,
+            "RestartPolicy": restart_policy,
             "Privileged": opts.privileged,
             "CapAdd": opts.cap_add,
             "CapDrop": opts.cap_drop,
@@ -220,8 +259,10 @@ class Engine:
         argv = spec.command_line(config, image.config)
         if not argv:
             raise InvalidArgument("no command specified")
+        host_config["UsernsMode"] = opts.userns
         with store.locked(self.paths.lock):
             name = self._allocate_name(opts.name)
+            host_config["IDMappings"] = self._id_mappings(opts, userns_size)
             c = Container(self.paths, cid)
             os.makedirs(c.dir, mode=0o711)
             store.write_json(c.path("state.json"), initial_state())
@@ -238,7 +279,40 @@ class Engine:
                     "HostConfig": host_config,
                 },
             )
+        c.emit("create")
         return c
+
+    @staticmethod
+    def _check_userns(opts: RunOptions) -> int | None:
+        """Validate the user namespace flags; the size of the block ``--userns=auto`` wants.
+        As in Docker, a user namespace rules out --privileged and the host's (or another
+        container's) network namespace, which the container's root could not own."""
+        size = userns.parse_mode(opts.userns)
+        if size is not None and (opts.uidmap or opts.gidmap):
+            raise InvalidArgument("--userns can't be combined with --uidmap or --gidmap")
+        if size is None and not (opts.uidmap or opts.gidmap):
+            return None
+        if opts.privileged:
+            raise InvalidArgument("privileged mode is incompatible with user namespaces")
+        if opts.network == "host" or opts.network.startswith("container:"):
+            raise InvalidArgument(f"--network {opts.network} can't be shared with a user namespace")
+        return size
+
+    def _id_mappings(self, opts: RunOptions, size: int | None) -> dict:
+        """HostConfig.IDMappings: ``--uidmap``/``--gidmap`` as given (one alone serves for
+        both), or a free block for ``--userns=auto``. Called under the state root's lock,
+        which makes choosing a block and recording it one step."""
+        if size is not None:
+            in_use = []
+            for other in self.containers():
+                with contextlib.suppress(FileNotFoundError):  # being removed right now
+                    in_use.append(other.record()["HostConfig"].get("IDMappings") or {})
+            return userns.allocate(size, in_use)
+        uids = [userns.format_mapping(userns.parse_mapping(m)) for m in opts.uidmap or opts.gidmap]
+        gids = [userns.format_mapping(userns.parse_mapping(m)) for m in opts.gidmap or opts.uidmap]
+        mappings = {"UidMap": uids, "GidMap": gids} if uids else {}
+        userns.IdMaps.from_host_config({"IDMappings": mappings})  # refuses maps without root
+        return mappings
 
     def _image_to_run(self, ref: str, policy: str) -> Image:
         """``--pull``: "missing" (the default) pulls an image that is not here, "always"
@@ -283,8 +357,13 @@ class Engine:
         """Mount the root filesystem and write the bundle's ``config.json``."""
         record = c.record()
         image = self._image_of(record)
-        c.mount_rootfs(image.lowerdirs)
+        id_maps = userns.IdMaps.from_host_config(record["HostConfig"])
+        if id_maps is not None:
+            userns.check_reachable(c.dir, *id_maps.root)
+        c.mount_rootfs(image.lowerdirs, id_maps)
         etc = self._write_etc_files(c, record)
+        for path in etc.values() if id_maps is not None else []:
+            os.chown(path, *id_maps.root)  # the container's root may edit its /etc/hosts
         network_path = None
         mode = record["HostConfig"]["NetworkMode"]
         if mode.startswith("container:"):
@@ -313,7 +392,8 @@ class Engine:
         )
         if self._is_bridge(mode):
             config["hooks"] = self._network_hooks(c, record)
-        store.write_json(os.path.join(c.bundle, "config.json"), config)
+        # Written anew before every start: it needn't survive a power cut (no fsync).
+        store.write_json(os.path.join(c.bundle, "config.json"), config, durable=False)
 
     @staticmethod
     def _is_bridge(mode: str) -> bool:
@@ -442,43 +522,32 @@ class Engine:
         c = ref if isinstance(ref, Container) else self.find(ref)
         with c.operation_lock():
             require(c.status(), Operation.START, c.name)
-            with contextlib.suppress(ContainerNotFound):  # left over from a previous run
-                runtime.delete(c.runtime_root, c.id, force=True)
-            try:
-                self._prepare(c)
-            except BaseException:
-                c.unmount_rootfs()
-                raise
+            # A start by the user resets what the restart policy counts (as Docker does).
+            c.update_state(ManuallyStopped=False, RestartCount=0, RestartDelay=0)
+            self.prepare_bundle(c)
             if attach is None:
                 self._spawn_monitor(c)
                 return None
         return self._run_attached(c, attach)
 
+    def prepare_bundle(self, c: Container) -> None:
+        """Everything before the monitor takes over: forget a previous run's runtime state,
+        mount the root filesystem, write ``config.json``. Called under the operation lock."""
+        with contextlib.suppress(ContainerNotFound):  # left over from a previous run
+            runtime.delete(c.runtime_root, c.id, force=True)
+        try:
+            self._prepare(c)
+        except BaseException:
+            c.unmount_rootfs()
+            raise
+
     def _spawn_monitor(self, c: Container) -> None:
         """Start ``python -m minidock.monitor`` in its own session and wait for its word.
         ``-S`` skips site-packages: the monitor needs only the standard library and us."""
         read_end, write_end = os.pipe()
-        env = {**os.environ, "PYTHONPATH": _package_parent()}
-        with open(c.path("monitor.log"), "ab") as errors:
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-S",
-                    "-m",
-                    "minidock.monitor",
-                    self.paths.root,
-                    c.id,
-                    str(write_end),
-                ],
-                pass_fds=[write_end],
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                # --explain: narrate the container's creation on our stderr too.
-                stderr=None if os.environ.get("MINIDOCK_EXPLAIN") else errors,
-                cwd="/",
-                env=env,
-            )
+        argv = [sys.executable, "-S", "-m", "minidock.monitor", self.paths.root, c.id,
+                str(write_end)]  # fmt: skip
+        self._spawn_detached(c, argv, pass_fds=(write_end,))
         os.close(write_end)
         with os.fdopen(read_end, "rb") as f:
             line = f.readline()
@@ -488,6 +557,22 @@ class Engine:
         message = json.loads(line)
         if "error" in message:
             self._raise(message)
+
+    def _spawn_detached(self, c: Container, argv: list[str], pass_fds: tuple[int, ...] = ()
+                        ) -> int:  # fmt: skip
+        """Start a monitor stage in a session of its own (no terminal, so the user's
+        Ctrl-C or logout doesn't reach it), its errors going to ``monitor.log``. Its
+        environment lets it find our packages, and when it restarts the container
+        (restart policy) it builds an engine like this one. Returns its PID."""
+        env = {**os.environ, "PYTHONPATH": _package_parent(),
+               "MINIDOCK_CGROUP_PARENT": self.cgroup_parent, "MINIDOCK_PORT_MODE": self.port_mode}
+        with open(c.path("monitor.log"), "ab") as errors:
+            return subprocess.Popen(
+                argv, pass_fds=pass_fds, start_new_session=True, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, cwd="/", env=env,
+                # --explain: narrate the container's creation on our stderr too.
+                stderr=None if os.environ.get("MINIDOCK_EXPLAIN") else errors,
+            ).pid  # fmt: skip
 
     @staticmethod
     def _raise(message: dict) -> None:
@@ -504,6 +589,9 @@ class Engine:
         code = Monitor(c, attach).run(ready)
         if failure:
             self._raise(failure)
+        if c.status() is Status.RESTARTING:  # we return; a detached monitor restarts it
+            pid = self._spawn_detached(c, restart_stage_argv(self.paths.root, c.id))
+            c.update_state(MonitorPid=pid, MonitorPidStart=runtime.process_start_time(pid))
         remove_if_auto(c)
         return code
 
@@ -521,10 +609,19 @@ class Engine:
 
     # --- stop, kill, restart, wait ------------------------------------------------------------
     def kill(self, ref: str, sig: int = signal.SIGKILL) -> Container:
+        """Send ``sig`` to PID 1. SIGKILL or the stop signal count as the user stopping the
+        container, so the restart policy leaves it stopped (Docker's rule)."""
         c = self.find(ref)
         require(c.status(), Operation.KILL, c.name)
+        if sig in (signal.SIGKILL, self._stop_signal(c.record())):
+            c.update_state(ManuallyStopped=True)
+        c.emit("kill", signal=str(int(sig)))
         runtime.kill(c.runtime_root, c.id, sig)
         return c
+
+    @staticmethod
+    def _stop_signal(record: dict) -> int:
+        return parse.parse_signal(record["Config"].get("StopSignal") or "SIGTERM")
 
     def stop(self, ref: str | Container, timeout: int | None = None) -> Container:
         """Ask PID 1 to stop (its StopSignal, SIGTERM by default), wait ``timeout`` seconds,
@@ -533,8 +630,12 @@ class Engine:
         with c.operation_lock():
             status = c.status()
             require(status, Operation.STOP, c.name)
+            if status is Status.RESTARTING:
+                self._cancel_restart(c)
+                c.emit("stop")
             if status not in (Status.RUNNING, Status.PAUSED):
                 return c
+            c.update_state(ManuallyStopped=True)  # before the signal: the policy must see it
             if status is Status.PAUSED:  # a frozen process can't act on a signal: thaw first
                 self._cgroup(c).thaw()
                 c.update_state(Status=Status.RUNNING.value)
@@ -543,15 +644,30 @@ class Engine:
                 timeout = record["Config"].get("StopTimeout")
             if timeout is None:
                 timeout = DEFAULT_STOP_TIMEOUT
-            sig = parse.parse_signal(record["Config"].get("StopSignal") or "SIGTERM")
+            sig = self._stop_signal(record)
             st = c.state()
+            c.emit("kill", signal=str(int(sig)))
             with contextlib.suppress(MinidockError):  # it may have exited already
                 runtime.kill(c.runtime_root, c.id, sig)
             if not self._wait_exit(c, st, timeout):
+                c.emit("kill", signal=str(int(signal.SIGKILL)))
                 with contextlib.suppress(MinidockError):
                     runtime.kill(c.runtime_root, c.id, signal.SIGKILL)
-            self._wait_recorded(c)
+            if self._wait_recorded(c).get("Status") == Status.RESTARTING:
+                self._cancel_restart(c)  # it exited on its own just before our signal
+            c.emit("stop")
         return c
+
+    @staticmethod
+    def _cancel_restart(c: Container) -> None:
+        """A ``restarting`` container's monitor sleeps out its back-off: end it, and record
+        the container as stopped by the user. Called under the operation lock, which the
+        monitor needs before it may start the container again."""
+        st = c.state()
+        c.update_state(Status=Status.EXITED.value, MonitorPid=0, ManuallyStopped=True)
+        if c.monitor_alive(st):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(st["MonitorPid"], signal.SIGKILL)
 
     @staticmethod
     def _wait_exit(c: Container, st: dict, timeout: float | None) -> bool:
@@ -599,6 +715,7 @@ class Engine:
             require(c.status(), Operation.PAUSE, c.name)
             self._cgroup(c).freeze()
             c.update_state(Status=Status.PAUSED.value)
+        c.emit("pause")
         return c
 
     def unpause(self, ref: str) -> Container:
@@ -607,12 +724,72 @@ class Engine:
             require(c.status(), Operation.UNPAUSE, c.name)
             self._cgroup(c).thaw()
             c.update_state(Status=Status.RUNNING.value)
+        c.emit("unpause")
         return c
 
     def restart(self, ref: str, timeout: int | None = None) -> Container:
         c = self.stop(ref, timeout)
         self.start(c)
+        c.emit("restart")
         return c
+
+    def update(
+        self,
+        ref: str,
+        *,
+        memory: int | None = None,
+        memory_swap: int | None = None,
+        nano_cpus: int | None = None,
+        cpu_shares: int | None = None,
+        pids_limit: int | None = None,
+        restart_policy: str | None = None,
+    ) -> Container:
+        """``docker update``: change a container's limits or restart policy. The record
+        changes for every later start; a running container's cgroup changes at once
+        (``runtime.update``), and only if the kernel accepts the new values is the record
+        rewritten. ``None`` leaves a value as it is."""
+        c = self.find(ref)
+        with c.operation_lock():
+            status = c.status()
+            require(status, Operation.UPDATE, c.name)
+            record = c.record()
+            host = record["HostConfig"]
+            if restart_policy is not None:
+                policy = restart.parse_policy(restart_policy)
+                if host["AutoRemove"] and policy["Name"] != "no":
+                    raise InvalidArgument("conflicting options: --restart and --rm")
+                host["RestartPolicy"] = policy
+            if memory is not None:
+                host["Memory"] = memory
+                host["MemorySwap"] = 2 * memory  # run's default, unless given below
+            changes = {"MemorySwap": memory_swap, "NanoCpus": nano_cpus,
+                       "CpuShares": cpu_shares, "PidsLimit": pids_limit}  # fmt: skip
+            host.update({k: v for k, v in changes.items() if v is not None})
+            if host["MemorySwap"] > 0 and host["MemorySwap"] < host["Memory"]:
+                raise InvalidArgument("memory+swap limit should be larger than the memory limit")
+            if status in (Status.RUNNING, Status.PAUSED):
+                runtime.update(c.runtime_root, c.id, spec.resources(host))
+            store.write_json(c.path("container.json"), record)
+        c.emit("update")
+        return c
+
+    def start_on_boot(self) -> list[Container]:
+        """What Docker's daemon does when it comes up, for an init system to run at boot
+        (``minidock start --boot``): start every stopped container whose restart policy
+        says it should be running — ``always``, and ``unless-stopped`` unless the user
+        stopped it. The kernel forgot everything at reboot, so each record is repaired
+        first (its processes are gone, whatever state.json says)."""
+        started = []
+        for c in self.containers():
+            c.repair()
+            st = c.state()
+            policy = c.record()["HostConfig"].get("RestartPolicy") or {}
+            if st["Status"] == Status.EXITED and restart.starts_on_boot(
+                policy, st.get("ManuallyStopped", False)
+            ):
+                self.start(c)
+                started.append(c)
+        return started
 
     def wait(self, ref: str) -> int:
         """Block until the container stops running; return its exit code. A container that
@@ -620,12 +797,12 @@ class Engine:
         c = self.find(ref)
         while True:
             st = c.state()
-            if st["Status"] == Status.EXITED:
+            if st["Status"] in (Status.EXITED, Status.RESTARTING):
                 return st["ExitCode"]
             if st["Status"] in (Status.RUNNING, Status.PAUSED):
                 self._wait_exit(c, st, None)
                 last = self._wait_recorded(c)
-                if last.get("Status") == Status.EXITED or not c.exists():
+                if last.get("Status") in (Status.EXITED, Status.RESTARTING) or not c.exists():
                     return last.get("ExitCode", 0)
             else:
                 time.sleep(0.05)
@@ -636,7 +813,7 @@ class Engine:
              user: str | None = None, tty: bool = False) -> int | None:  # fmt: skip
         """Run ``command`` in the running container. Attached, relay its output (and
         input with ``attach.stdin``) and return its exit code; detached, return None."""
-        from minidock.runtime.exec import exec_process
+        from minidock.runtime.exec import exec_process, process_of
 
         c = self.find(ref)
         status = c.status()
@@ -645,12 +822,8 @@ class Engine:
             raise Conflict(f"container {c.name} {why}")
         if not command:
             raise InvalidArgument("no command specified")
-        process = dict(store.read_json(os.path.join(c.bundle, "config.json"))["process"])
-        process["args"] = command
+        process = process_of(c.bundle, command, env)
         process["terminal"] = tty and attach is not None
-        merged = dict(e.split("=", 1) for e in process["env"])
-        merged.update(e.split("=", 1) for e in env or [] if "=" in e)
-        process["env"] = [f"{k}={v}" for k, v in merged.items()]
         if workdir:
             process["cwd"] = workdir
         if user:
@@ -693,20 +866,25 @@ class Engine:
 
     # --- remove -------------------------------------------------------------------------------
     def remove(self, ref: str | Container, force: bool = False) -> Container:
+        """Delete a container. With ``force`` a live one is killed first (SIGKILL to every
+        process of its cgroup) and its restart policy ignored. The operation lock is held
+        throughout, so nothing (a ``restart``, a healthcheck's restart) starts it again
+        between the kill and the removal."""
         c = ref if isinstance(ref, Container) else self.find(ref)
-        status = c.status()
-        if status in (Status.RUNNING, Status.PAUSED):
-            if not force:
-                require(status, Operation.REMOVE, c.name)
-            st = c.state()
-            with contextlib.suppress(MinidockError):
-                runtime.kill(c.runtime_root, c.id, signal.SIGKILL, all_processes=True)
-            self._wait_exit(c, st, 10)
-            with c.operation_lock():
-                self._wait_recorded(c)
         with c.operation_lock():
             if not c.exists():
                 return c
+            status = c.status()
+            if status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING):
+                if not force:
+                    require(status, Operation.REMOVE, c.name)
+                st = c.update_state(ManuallyStopped=True)  # no restart policy brings it back
+                if status is not Status.RESTARTING:
+                    with contextlib.suppress(MinidockError):
+                        runtime.kill(c.runtime_root, c.id, signal.SIGKILL, all_processes=True)
+                    self._wait_exit(c, st, 10)
+                if self._wait_recorded(c).get("Status") == Status.RESTARTING:
+                    self._cancel_restart(c)
             c.cleanup_after_exit()
             c.remove_files()
         return c
@@ -724,9 +902,9 @@ class Engine:
             "Args": record["Args"],
             "State": {
                 "Status": status,
-                "Running": status in ("running", "paused"),
+                "Running": status in ("running", "paused", "restarting"),
                 "Paused": status == "paused",
-                "Restarting": False,
+                "Restarting": status == "restarting",
                 "OOMKilled": st["OOMKilled"],
                 "Dead": False,
                 "Pid": st["Pid"],
@@ -734,6 +912,8 @@ class Engine:
                 "Error": st["Error"],
                 "StartedAt": st["StartedAt"],
                 "FinishedAt": st["FinishedAt"],
+                # Status, FailingStreak and the last results, with a healthcheck only.
+                **({"Health": st["Health"]} if "Health" in st else {}),
             },
             "Image": f"sha256:{record['Image']}",
             "Name": record["Name"],

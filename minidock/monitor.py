@@ -30,17 +30,19 @@ import socket
 import struct
 import sys
 import termios
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import cgroups
-from minidock import explain, runtime, store, syscalls
+from minidock import explain, health, restart, runtime, store, syscalls
 from minidock.container import Container, now
 from minidock.errors import MinidockError
 from minidock.logfile import JsonFileWriter
-from minidock.relay import relay
+from minidock.logs import parse_timestamp
+from minidock.relay import HealthTimer, relay
 from minidock.runtime.reaper import exit_status
-from minidock.state import Status
+from minidock.state import Operation, Status, require
 
 #: Signals ``run`` (attached, no tty) passes on to the container, like docker's sig-proxy.
 PROXIED_SIGNALS = (
@@ -138,7 +140,9 @@ class Monitor:
             ExitCode=0,
             OOMKilled=False,
             Error="",
+            **health.state_at_start(record["Config"].get("Healthcheck"), c.state().get("Health")),
         )
+        c.emit("start")
         ready({"ok": True, "pid": st.pid})
         if self.attach is None:
             self._become_relay(ours, record)  # never returns
@@ -148,32 +152,49 @@ class Monitor:
 
     def _become_relay(self, ours: dict[str, int], record: dict) -> None:
         """Shed the start-up's modules: exec the lean relay loop, keeping our PID, our
-        child (the container's PID 1) and the pipes, which are made inheritable."""
+        child (the container's PID 1) and the pipes, which are made inheritable. The relay
+        also keeps the healthcheck's clock: it gets the interval (0: no healthcheck)."""
         c = self.container
         sources = []
         for name, fd in ours.items():
             os.set_inheritable(fd, True)
             sources.append(f"{fd}={name}")
         log_config = record["HostConfig"]["LogConfig"]["Config"]
+        interval = health.interval_ns(record["Config"].get("Healthcheck"))
         os.execv(sys.executable, [
             sys.executable, "-S", "-m", "minidock.relay", c.paths.root, c.id, str(self.pid),
-            c.log_path, log_config["max-size"], log_config["max-file"], *sources,
+            c.log_path, log_config["max-size"], log_config["max-file"], str(interval), *sources,
         ])  # fmt: skip
 
     def finish(self, status: int) -> int:
         """PID 1 exited with wait ``status``: record it, delete the runtime's state (and
-        with it the cgroup), unmount the root filesystem. Returns the exit code."""
+        with it the cgroup), unmount the root filesystem. The restart policy then decides
+        between ``exited`` and ``restarting`` (see restart.py). Returns the exit code."""
         c = self.container
         code = exit_status(status)
         oom = self._oom_killed(self.cgroup)
         c.cleanup_after_exit()
+        st = c.state()
+        finished = time.time_ns()
+        again = restart.should_restart(
+            c.record()["HostConfig"].get("RestartPolicy") or {},
+            code,
+            st.get("ManuallyStopped", False),
+            st.get("RestartCount", 0),
+        )
+        if oom:
+            c.emit("oom")
+        c.emit("die", exitCode=str(code))
+        exit_fields = {"ExitCode": code, "OOMKilled": oom, "Pid": 0, "FinishedAt": now()}
+        if not again:
+            c.update_state(Status=Status.EXITED.value, MonitorPid=0, **exit_fields)
+            return code
+        ran_for = (finished - parse_timestamp(st["StartedAt"])) / 1e9
         c.update_state(
-            Status=Status.EXITED.value,
-            ExitCode=code,
-            OOMKilled=oom,
-            Pid=0,
-            MonitorPid=0,
-            FinishedAt=now(),
+            Status=Status.RESTARTING.value,
+            RestartCount=st.get("RestartCount", 0) + 1,
+            RestartDelay=restart.next_delay(st.get("RestartDelay", 0), ran_for),
+            **exit_fields,
         )
         return code
 
@@ -202,8 +223,11 @@ class Monitor:
         if attach.stdin is not None and "pty" in ours:
             _copy_window_size(attach.stdin, ours["pty"])
         self._install_signal_proxy("pty" in ours)
+        c = self.container
+        interval = health.interval_ns(c.record()["Config"].get("Healthcheck"))
+        timer = HealthTimer(c.paths.root, c.id, interval / 1e9) if interval else None
         return relay(sources, self.pid, log, terminal_out=(attach.stdout, attach.stderr),
-                     stdin=attach.stdin, stdin_target=stdin_target)  # fmt: skip
+                     stdin=attach.stdin, stdin_target=stdin_target, health=timer)  # fmt: skip
 
     def _install_signal_proxy(self, terminal: bool) -> None:
         """Attached without a tty, the user's Ctrl-C is meant for the container: pass it on."""
@@ -231,11 +255,55 @@ class Monitor:
 
 def remove_if_auto(container: Container) -> None:
     """``--rm``: once the container has exited, delete it."""
-    if not container.record()["HostConfig"].get("AutoRemove"):
-        return
-    with container.operation_lock():
-        if container.exists():
-            container.remove_files()
+    try:
+        if not container.record()["HostConfig"].get("AutoRemove"):
+            return
+        with container.operation_lock():
+            if container.exists():
+                container.remove_files()
+    except FileNotFoundError:
+        pass  # an ``rm -f`` removed it first
+
+
+def restart_after_back_off(container: Container) -> int:
+    """The ``restarting`` stage: sleep the restart policy's back-off delay, then start the
+    container again *in this process*, which stays its monitor. A ``stop`` or ``rm`` in
+    the meantime cancels the restart (it kills this process, or changes the status)."""
+    from minidock.engine import Engine  # the engine imports this module
+
+    sleep_out_back_off(container)
+    engine = Engine(container.paths.root)
+    if not container.exists():
+        return 0
+    try:
+        with container.operation_lock():
+            if container.status() is not Status.RESTARTING:
+                return 0  # stopped by the user while we waited
+            require(Status.RESTARTING, Operation.AUTO_RESTART, container.name)
+            container.emit("restart")
+            engine.prepare_bundle(container)
+    except MinidockError as exc:
+        _record_failed_restart(container, {"error": str(exc), "exit_code": exc.exit_code})
+        return exc.exit_code
+
+    def ready(message: dict) -> None:
+        if "error" in message:
+            _record_failed_restart(container, message)
+
+    Monitor(container).run(ready)  # returns only if the container could not start
+    return 0
+
+
+def sleep_out_back_off(container: Container) -> None:
+    """Wait until the back-off delay, counted from PID 1's exit, is over."""
+    st = container.state()
+    wake_ns = parse_timestamp(st["FinishedAt"]) + int(st["RestartDelay"] * 1e9)
+    time.sleep(max(0.0, (wake_ns - time.time_ns()) / 1e9))
+
+
+def _record_failed_restart(container: Container, message: dict) -> None:
+    container.update_state(Status=Status.EXITED.value, MonitorPid=0,
+                           Error=message["error"], ExitCode=message["exit_code"])  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -243,7 +311,10 @@ def main(argv: list[str]) -> int:
 
     * ``python -S -m minidock.monitor ROOT ID READY_FD`` — create and start the container,
       report on READY_FD, then become the relay loop (``relay.py``);
-    * ``python -S -m minidock.monitor finish ROOT ID STATUS`` — the relay's last step.
+    * ``python -S -m minidock.monitor finish ROOT ID STATUS`` — the relay's last step: record
+      the exit, then either clean up or, if the restart policy says so, exec the next stage;
+    * ``python -m minidock.monitor restart ROOT ID`` — wait the back-off delay and start the
+      container again (this stage needs the engine, and the engine needs site-packages).
     """
     explain.from_environment()
     if argv[0] == "finish":
@@ -252,8 +323,13 @@ def main(argv: list[str]) -> int:
         monitor = Monitor(container)
         monitor.cgroup = runtime.state(container.runtime_root, cid).cgroup
         monitor.finish(status)
+        if container.status() is Status.RESTARTING:
+            sleep_out_back_off(container)  # here, where start-up costs are already paid
+            os.execv(sys.executable, restart_stage_argv(root, cid))
         remove_if_auto(container)
         return 0
+    if argv[0] == "restart":
+        return restart_after_back_off(Container(store.Paths(argv[1]), argv[2]))
     root, cid, ready_fd = argv[0], argv[1], int(argv[2])
     container = Container(store.Paths(root), cid)
 
@@ -268,6 +344,11 @@ def main(argv: list[str]) -> int:
     Monitor(container).run(ready)  # returns only if the container could not start
     remove_if_auto(container)
     return 0
+
+
+def restart_stage_argv(root: str, cid: str) -> list[str]:
+    """The command line of the monitor's ``restart`` stage."""
+    return [sys.executable, "-m", "minidock.monitor", "restart", root, cid]
 
 
 if __name__ == "__main__":

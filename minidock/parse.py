@@ -2,18 +2,20 @@
 
 Each parser accepts what Docker accepts (the upstream function is named where one is
 copied) and raises ``InvalidArgument`` with a one-line message that quotes the value.
+
+Every ``minidock`` command imports this module, so it stays cheap to import: patterns
+are kept as strings (``re`` compiles each on first use and caches it), and ``decimal``
+and ``ipaddress`` are imported by the few parsers that need them.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
 import re
 import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
 from types import ModuleType
 
 from minidock import logfile
@@ -35,13 +37,15 @@ def _parse_int(text: str, flag: str) -> int:
 
 
 # go-units RAMInBytes: sizeRegex, with binary multipliers; "i" and "b" are both optional.
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([kmgtp])?i?b?", re.IGNORECASE)
+_SIZE = r"(?i)([0-9]+(?:\.[0-9]+)?) ?([kmgtp])?i?b?"
 _BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
 def parse_size(text: str, flag: str = "--memory") -> int:
     """Bytes from a size like ``64m``, ``1.5g``, ``512MiB`` or ``4096`` (k = 1024, m = 1024k...)."""
-    match = _SIZE.fullmatch(text)
+    from decimal import Decimal
+
+    match = re.fullmatch(_SIZE, text)
     if match is None:
         raise _invalid(text, flag, "expected a size like 64m or 1g")
     number, unit = match.group(1), (match.group(2) or "").lower()
@@ -53,6 +57,8 @@ def parse_cpus(text: str) -> int:
 
     ``0.5`` -> 500_000_000; the runtime makes it a CFS quota (``cgroups.limits.cpus_to_quota``).
     """
+    from decimal import Decimal
+
     if re.fullmatch(_DECIMAL, text) is None:
         raise _invalid(text, "--cpus", "expected a number of CPUs like 0.5 or 2")
     nano = Decimal(text) * _NS
@@ -101,6 +107,15 @@ def parse_pids_limit(text: str) -> int:
     """``--pids-limit``: the most tasks the container may have; 0 or less means -1, unlimited."""
     limit = _parse_int(text, "--pids-limit")
     return limit if limit > 0 else -1
+
+
+def parse_health_retries(text: str) -> int:
+    """``--health-retries``: how many failed checks in a row make a container unhealthy
+    (0: Docker's default, 3)."""
+    retries = _parse_int(text, "--health-retries")
+    if retries < 0:
+        raise _invalid(text, "--health-retries", "cannot be negative")
+    return retries
 
 
 def parse_cpu_shares(text: str) -> int:
@@ -257,24 +272,36 @@ _DURATION_UNITS = {
     "m": 60 * _NS,
     "h": 3600 * _NS,
 }
-_DURATION = re.compile(rf"[-+]?(?:{_DECIMAL}(?:ns|us|µs|μs|ms|s|m|h))+")
+_DURATION = rf"[-+]?(?:{_DECIMAL}(?:ns|us|µs|μs|ms|s|m|h))+"
 # The forms moby's timetypes.GetTimestamp accepts; without a zone, the local time zone.
-_TIMESTAMP = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+_TIMESTAMP = (
+    r"(?i)([0-9]{4})-([0-9]{2})-([0-9]{2})"
     r"(?:T([0-9]{2})(?::([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?)?)?"
-    r"(Z|[+-][0-9]{2}:[0-9]{2})?",
-    re.IGNORECASE,
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?"
 )
-_UNIX = re.compile(r"([0-9]+)(?:\.([0-9]{1,9}))?")
+_UNIX = r"([0-9]+)(?:\.([0-9]{1,9}))?"
 
 
 def _duration_ns(text: str) -> int:
     """A Go duration (``1h30m``, ``-1.5s``, ``250ms``) in nanoseconds, truncated like Go."""
+    from decimal import Decimal
+
     total = sum(
         Decimal(number) * _DURATION_UNITS[unit]
         for number, unit in re.findall(r"([0-9.]+)(ns|us|µs|μs|ms|s|m|h)", text)
     )
     return int(-total if text.startswith("-") else total)
+
+
+def parse_duration(text: str, flag: str) -> int:
+    """A Go duration as Docker's duration flags take it (``--health-interval 1m30s``,
+    ``500ms``, ``0``): nanoseconds. A sign is allowed, as Go allows it; whether a negative
+    duration makes sense is for the caller to say."""
+    if re.fullmatch(r"[-+]?0", text):
+        return 0  # Go's special case: the only duration without a unit
+    if not re.fullmatch(_DURATION, text):
+        raise _invalid(text, flag, "expected a duration like 30s, 1m30s or 500ms")
+    return _duration_ns(text)
 
 
 def parse_duration_or_timestamp(text: str, now_ns: int, flag: str = "--since") -> int:
@@ -284,12 +311,12 @@ def parse_duration_or_timestamp(text: str, now_ns: int, flag: str = "--since") -
     time or date (``2024-01-02T03:04:05.5+01:00``, ``2024-01-02``; local time if it
     has no zone); or Unix seconds (``1700000000``, ``1700000000.123456789``).
     """
-    if _DURATION.fullmatch(text):
+    if re.fullmatch(_DURATION, text):
         return now_ns - _duration_ns(text)
-    if match := _UNIX.fullmatch(text):
+    if match := re.fullmatch(_UNIX, text):
         seconds, fraction = match.groups()
         return int(seconds) * _NS + int((fraction or "").ljust(9, "0"))
-    match = _TIMESTAMP.fullmatch(text)
+    match = re.fullmatch(_TIMESTAMP, text)
     if match is None:
         raise _invalid(
             text, flag, "expected a duration like 10m, an RFC3339 timestamp or Unix seconds"
@@ -404,6 +431,8 @@ def parse_publish(text: str) -> PortSpec:
         host_port, container = parts
     else:
         container = parts[0]
+    import ipaddress
+
     try:
         ipaddress.IPv4Address(host_ip)
     except ValueError:

@@ -3,7 +3,8 @@
 The OCI runtime spec (runtime.md, "Lifecycle") defines four states: ``creating`` →
 ``created`` (namespaces and root filesystem ready, the user's program not yet exec'd) →
 ``running`` → ``stopped``. Docker adds ``paused`` (every process frozen by the cgroup
-freezer) and calls ``stopped`` ``exited``. A container that was only ``minidock create``-d
+freezer) and ``restarting`` (PID 1 exited and the restart policy will start it again after
+a back-off delay), and calls ``stopped`` ``exited``. A container that was only ``minidock create``-d
 is ``created`` here too: it has a record and a bundle but no process yet.
 
 Every command checks this table before it acts (``require``), so an impossible request
@@ -23,6 +24,7 @@ class Status(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     EXITED = "exited"
+    RESTARTING = "restarting"
 
 
 class Operation(StrEnum):
@@ -32,6 +34,9 @@ class Operation(StrEnum):
     PAUSE = "pause"  # freeze every process in its cgroup
     UNPAUSE = "unpause"
     EXIT = "exit"  # the monitor saw PID 1 exit (not a request: an event)
+    BACK_OFF = "back-off"  # PID 1 exited and the restart policy says: again, after a delay
+    AUTO_RESTART = "auto-restart"  # the delay is over: the monitor starts it again
+    UPDATE = "update"  # change its resource limits or restart policy
     REMOVE = "remove"  # delete the record, rootfs, cgroup
     FORCE_REMOVE = "force-remove"  # kill first if needed, then remove
 
@@ -44,20 +49,30 @@ TRANSITIONS: dict[tuple[Status, Operation], Status | None] = {
     (Status.CREATED, Operation.STOP): Status.CREATED,
     (Status.CREATED, Operation.REMOVE): REMOVED,
     (Status.CREATED, Operation.FORCE_REMOVE): REMOVED,
+    (Status.CREATED, Operation.UPDATE): Status.CREATED,
     (Status.RUNNING, Operation.KILL): Status.RUNNING,
     (Status.RUNNING, Operation.STOP): Status.EXITED,
     (Status.RUNNING, Operation.PAUSE): Status.PAUSED,
     (Status.RUNNING, Operation.EXIT): Status.EXITED,
+    (Status.RUNNING, Operation.BACK_OFF): Status.RESTARTING,
     (Status.RUNNING, Operation.FORCE_REMOVE): REMOVED,
+    (Status.RUNNING, Operation.UPDATE): Status.RUNNING,
     (Status.PAUSED, Operation.UNPAUSE): Status.RUNNING,
     (Status.PAUSED, Operation.KILL): Status.PAUSED,
     (Status.PAUSED, Operation.STOP): Status.EXITED,
     (Status.PAUSED, Operation.EXIT): Status.EXITED,
+    (Status.PAUSED, Operation.BACK_OFF): Status.RESTARTING,
     (Status.PAUSED, Operation.FORCE_REMOVE): REMOVED,
+    (Status.PAUSED, Operation.UPDATE): Status.PAUSED,
     (Status.EXITED, Operation.START): Status.RUNNING,
     (Status.EXITED, Operation.STOP): Status.EXITED,
     (Status.EXITED, Operation.REMOVE): REMOVED,
     (Status.EXITED, Operation.FORCE_REMOVE): REMOVED,
+    (Status.EXITED, Operation.UPDATE): Status.EXITED,
+    (Status.RESTARTING, Operation.AUTO_RESTART): Status.RUNNING,
+    (Status.RESTARTING, Operation.STOP): Status.EXITED,  # cancels the pending restart
+    (Status.RESTARTING, Operation.FORCE_REMOVE): REMOVED,
+    (Status.RESTARTING, Operation.UPDATE): Status.RESTARTING,
 }
 
 _REFUSALS: dict[Operation, str] = {
@@ -81,6 +96,8 @@ def require(status: Status, op: Operation, name: str) -> Status | None:
         why = _REFUSALS.get(op, f"cannot {op} from {status}")
         if op is Operation.START and status is Status.PAUSED:
             why = "is paused: unpause it first"
+        elif status is Status.RESTARTING:
+            why = "is restarting: wait until it runs, or stop it"
         raise InvalidState(f"container {name} {why}")
     return TRANSITIONS[(status, op)]
 
@@ -105,4 +122,5 @@ def oci_status(status: Status) -> str:
         Status.RUNNING: "running",
         Status.PAUSED: "running",
         Status.EXITED: "stopped",
+        Status.RESTARTING: "stopped",
     }[status]

@@ -193,3 +193,34 @@ def test_stop_and_rm_of_a_paused_container(md: Minidock) -> None:
     assert md.inspect("p1")["State"]["Status"] == "exited"
     md("rm", "-f", "p2")
     assert md("ps", "-aq").stdout.split() == [md.inspect("p1")["Id"][:12]]
+
+
+def test_update_changes_a_running_containers_cgroup(md: Minidock) -> None:
+    md("run", "--network", "none", "-d", "--name", "upd", "-m", "32m", "--pids-limit", "20",
+       "busybox", "sleep", "60")  # fmt: skip
+    md("update", "-m", "64m", "--cpus", "0.5", "--pids-limit", "50", "upd")
+    memory = _cgroup_file(md, "upd", ("memory", "memory.limit_in_bytes"), "memory.max")
+    assert memory == str(64 << 20)
+    assert _cgroup_file(md, "upd", ("pids", "pids.max"), "pids.max") == "50"
+    if cgroups.backend_name() == "v2":
+        assert _cgroup_file(md, "upd", ("", ""), "cpu.max") == "50000 100000"
+    else:
+        assert _cgroup_file(md, "upd", ("cpu", "cpu.cfs_quota_us"), "") == "50000"
+    host = md.inspect("upd")["HostConfig"]
+    assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (64 << 20, 500_000_000, 50)
+    # A limit below what the container uses is the kernel's to refuse or enforce; a bad
+    # value is refused before anything is written.
+    bad = md("update", "--memory-swap", "16m", "upd", check=False)
+    assert bad.returncode == 125 and "memory" in bad.stderr.lower()
+    assert md.inspect("upd")["HostConfig"]["MemorySwap"] == 2 * (64 << 20)
+
+
+def test_update_of_a_stopped_container_applies_at_its_next_start(md: Minidock) -> None:
+    md("create", "--network", "none", "--name", "later", "busybox", "sleep", "60")
+    md("update", "--pids-limit", "33", "--restart", "on-failure:2", "later")
+    md("start", "later")
+    assert _cgroup_file(md, "later", ("pids", "pids.max"), "pids.max") == "33"
+    policy = md.inspect("later")["HostConfig"]["RestartPolicy"]
+    assert policy == {"Name": "on-failure", "MaximumRetryCount": 2}
+    missing = md("update", "-m", "64m", "nosuchcontainer", check=False)
+    assert missing.returncode == 125 and "No such container" in missing.stderr

@@ -36,4 +36,14 @@ def test_transitions_lead_where_docker_goes() -> None:
 
 
 def test_oci_names() -> None:
-    assert [oci_status(s) for s in Status] == ["created", "running", "running", "stopped"]
+    assert [oci_status(s) for s in Status] == [
+        "created", "running", "running", "stopped", "stopped"]  # fmt: skip
+
+
+def test_restarting_waits_for_the_monitor_or_a_stop() -> None:
+    assert require(Status.RUNNING, Operation.BACK_OFF, "c") is Status.RESTARTING
+    assert require(Status.RESTARTING, Operation.AUTO_RESTART, "c") is Status.RUNNING
+    assert require(Status.RESTARTING, Operation.STOP, "c") is Status.EXITED
+    for op in (Operation.START, Operation.KILL, Operation.REMOVE, Operation.PAUSE):
+        with pytest.raises(InvalidState, match="container c is restarting"):
+            require(Status.RESTARTING, op, "c")

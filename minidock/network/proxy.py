@@ -18,7 +18,7 @@ sockets as inherited file descriptors::
 It runs until SIGTERM or SIGINT, then closes everything and exits 0. One epoll loop
 serves every port, with no threads. It uses ``select.epoll`` itself rather than
 ``selectors``, for edge-triggered registration (EPOLLET), which ``selectors`` cannot ask
-for: see ``_TCP_EVENTS``.
+for: see ``Proxy.watch``.
 """
 
 from __future__ import annotations
@@ -59,11 +59,14 @@ UDP_BATCH = 64
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 # The errors of a kernel (or a seccomp filter) that cannot splice from a socket.
 _NO_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EPERM)
-# Edge-triggered: epoll reports a socket when it *becomes* readable or writable, and we
-# keep going until EAGAIN. No epoll_ctl(2) is needed to switch interest on and off.
-_TCP_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLET
+# A connection's sockets are registered edge-triggered (EPOLLET): epoll reports a socket
+# when it *becomes* readable or writable, and a flow keeps going until EAGAIN. EPOLLERR and
+# EPOLLHUP are always reported, whatever the interest; EPOLLRDHUP (the peer's FIN is in)
+# comes with EPOLLIN.
+_IN, _OUT, _ET = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT, select.EPOLLET
 _READABLE = select.EPOLLIN | select.EPOLLHUP
 _WRITABLE = select.EPOLLOUT | select.EPOLLHUP
+_FIN = select.EPOLLRDHUP | select.EPOLLHUP
 # SO_LINGER on with a zero timeout: close(2) then sends a RST instead of a FIN.
 _RESET = struct.pack("ii", 1, 0)
 
@@ -90,6 +93,7 @@ class _Pipes:
         self.spare: list[tuple[int, int]] = []
 
     def get(self) -> tuple[int, int]:
+        """A spare pipe, or a new one made as large as the kernel allows."""
         if self.spare:
             return self.spare.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -107,12 +111,14 @@ class _Pipes:
             os.close(pipe[1])
 
     def disable(self, why: OSError) -> None:
+        """splice(2) does not work here: say so once, and close the spare pipes."""
         if self.enabled:
             _log(f"splice: {why.strerror}; relaying with recv/send")
             self.enabled = False
             self.close()
 
     def close(self) -> None:
+        """Close every spare pipe."""
         while self.spare:
             self.put(self.spare.pop(), empty=False)
 
@@ -128,7 +134,7 @@ class _Flow:
     reading ``src``, the kernel's receive buffer fills and TCP closes the sender's window.
     """
 
-    __slots__ = ("src", "dst", "pipes", "pipe", "pending", "buf", "offset", "state")
+    __slots__ = ("src", "dst", "pipes", "pipe", "pending", "buf", "offset", "state", "fin")
 
     def __init__(self, src: socket.socket, dst: socket.socket, pipes: _Pipes) -> None:
         self.src, self.dst, self.pipes = src, dst, pipes
@@ -137,11 +143,18 @@ class _Flow:
         self.pending = 0  # bytes taken from src, not yet sent by dst
         self.offset = 0  # where they start in ``buf``
         self.state = WAIT_IN
+        self.fin = False  # src's FIN has arrived (epoll said so)
 
     def pump(self) -> None:
         """Relay until ``src`` is empty (WAIT_IN), ``dst`` is full (WAIT_OUT), or ``src``
         has reached end-of-file and the FIN went on (DONE). Edge-triggered epoll reports
-        readiness once, so a flow must always run on to one of these three states."""
+        readiness once, so a flow must always run on to one of these three states.
+
+        Once ``src``'s FIN is known to be in, the flow reads on to the end before it
+        writes, and gives the last bytes to TCP with SPLICE_F_MORE (MSG_MORE): TCP holds
+        them back, and the shutdown(2) that follows puts the FIN in their segment. A
+        request or a reply followed by the end of its stream then crosses as one packet,
+        not two, and wakes the receiver once."""
         if self.buf is not None:
             self._pump_copy()
             return
@@ -153,18 +166,27 @@ class _Flow:
             while True:
                 while pending:  # empty the pipe first
                     pending -= splice(r, dst, pending, None, None, flags)
-                try:
-                    pending = splice(src, w, PIPE_SIZE, None, None, flags)
-                except OSError as e:
-                    if e.errno not in _NO_SPLICE:
-                        raise
-                    self._fall_back(e)
-                    return
+                pending = splice(src, w, PIPE_SIZE, None, None, flags)
                 if not pending:
                     break  # end of file
+                if self.fin:
+                    try:
+                        while more := splice(src, w, PIPE_SIZE, None, None, flags):
+                            pending += more
+                    except BlockingIOError:  # not src (its FIN is in): the pipe is full
+                        continue
+                    while pending:
+                        pending -= splice(r, dst, pending, None, None, flags | os.SPLICE_F_MORE)
+                    break
         except BlockingIOError:  # EAGAIN: src has nothing more, or dst's buffer is full
             self.pending = pending
             self.state = WAIT_OUT if pending else WAIT_IN
+            return
+        except OSError as e:
+            # The pipe is empty, so reading src failed: a kernel that cannot splice it.
+            if e.errno not in _NO_SPLICE or pending:
+                raise
+            self._fall_back(e)
             return
         self._finish()
 
@@ -197,18 +219,26 @@ class _Flow:
 
     def _finish(self) -> None:
         """``src`` sent its FIN and every byte before it went out: shutdown(SHUT_WR) sends
-        a FIN on to ``dst``, which can still send in the other direction (half-close)."""
+        a FIN on to ``dst`` (with the last bytes, if they were held back for it), which
+        can still send in the other direction (half-close)."""
         self.dst.shutdown(socket.SHUT_WR)
         self.state = DONE
 
     def release(self) -> None:
+        """Give the pipe back to the pool (its pages too, if bytes were left in it)."""
         if self.pipe is not None:
             self.pipes.put(self.pipe, empty=not self.pending)
             self.pipe = None
 
 
 class _Connection:
-    """A client connection and ours to the container, relayed by two flows."""
+    """A client connection and ours to the container, relayed by two flows.
+
+    Each socket is registered with epoll once the flows have run, and only for what they
+    wait for: the client's socket for EPOLLIN while ``up`` waits for bytes, EPOLLOUT while
+    ``down`` waits for room; the upstream socket the other way round. A short request and
+    its reply then cost one wake-up each, and no spurious ones.
+    """
 
     __slots__ = ("proxy", "client", "upstream", "target", "up", "down")
 
@@ -233,15 +263,14 @@ class _Connection:
         if error and error != errno.EINPROGRESS:
             self.fail(error)  # an immediate error, e.g. ENETUNREACH
             return
-        proxy = self.proxy
-        proxy.epoll.register(upstream, _TCP_EVENTS)
         try:
             upstream.getpeername()
         except OSError:  # ENOTCONN: still connecting (or already refused)
-            proxy.handlers[upstream.fileno()] = self.on_connect
+            # Writable once the handshake is over; EPOLLERR if it failed.
+            self.proxy.handlers[upstream.fileno()] = self.on_connect
+            self.proxy.watch(upstream.fileno(), _OUT)
             return
-        # Registering reported the upstream's readiness: the event will pump ``down``.
-        self._relay(pump_down=False)
+        self._relay()
 
     def on_connect(self, events: int) -> None:
         """The non-blocking connect(2) has finished (the socket turned writable) or
@@ -250,53 +279,66 @@ class _Connection:
         if error:
             self.fail(error)
             return
-        # The edge-triggered event was consumed: if it said readable, pump now.
-        self._relay(pump_down=bool(events & select.EPOLLIN))
+        self._relay()
 
-    def _relay(self, pump_down: bool) -> None:
-        proxy = self.proxy
-        proxy.handlers[self.upstream.fileno()] = self.on_upstream
-        proxy.epoll.register(self.client, _TCP_EVENTS)
-        proxy.handlers[self.client.fileno()] = self.on_client
-        self.up = _Flow(self.client, self.upstream, proxy.pipes)
-        self.down = _Flow(self.upstream, self.client, proxy.pipes)
-        # The client may have sent (and even closed) while we connected.
-        self._pump([self.up, self.down] if pump_down else [self.up])
+    def _relay(self) -> None:
+        """Both connections are up: start the flows. The client may have sent (and even
+        closed) while we connected, so ``up`` runs at once; ``down`` waits for the
+        container, whose bytes (if any came already) epoll reports as soon as the
+        upstream socket is registered."""
+        proxy, client, upstream = self.proxy, self.client, self.upstream
+        proxy.handlers[client.fileno()] = self.on_client
+        proxy.handlers[upstream.fileno()] = self.on_upstream
+        self.up = _Flow(client, upstream, proxy.pipes)
+        self.down = _Flow(upstream, client, proxy.pipes)
+        self._advance([self.up])
 
     def fail(self, error: int) -> None:
+        """The container could not be reached: log why, and close the client."""
         host, port = self.target
         _log(f"connect to {host}:{port}: {os.strerror(error)}")
         self.close()
 
     def on_client(self, events: int) -> None:
+        """An event on the client's socket: ``up`` reads it, ``down`` writes to it."""
         self._serve(events, self.up, self.down)
 
     def on_upstream(self, events: int) -> None:
+        """An event on the container's socket: ``down`` reads it, ``up`` writes to it."""
         self._serve(events, self.down, self.up)
 
     def _serve(self, events: int, reading: _Flow, writing: _Flow) -> None:
-        """An event on one socket: ``reading`` takes bytes from it, ``writing`` sends
-        bytes into it. EPOLLERR means a reset or another fatal error."""
+        """Pump the flows that the event unblocks. EPOLLERR means a reset or another
+        fatal error; EPOLLHUP can unblock either flow, and a flow that is not waiting
+        ignores the event (edge-triggering may report what it did not ask for)."""
         if events & select.EPOLLERR:
             self.close(reset=True)
             return
+        if events & _FIN:
+            reading.fin = True
         ready = []
         if events & _READABLE and reading.state == WAIT_IN:
             ready.append(reading)
         if events & _WRITABLE and writing.state == WAIT_OUT:
             ready.append(writing)
         if ready:
-            self._pump(ready)
+            self._advance(ready)
 
-    def _pump(self, flows: list[_Flow]) -> None:
+    def _advance(self, flows: list[_Flow]) -> None:
+        """Pump ``flows``; close the connection once both directions are done, or else
+        watch for what the flows wait for next."""
         try:
             for flow in flows:
                 flow.pump()
         except OSError:  # ECONNRESET, EPIPE, ETIMEDOUT...: the stream is broken
             self.close(reset=True)
             return
-        if self.up.state == DONE and self.down.state == DONE:
+        up, down = self.up, self.down
+        if up.state == DONE and down.state == DONE:
             self.close()
+            return
+        self.proxy.watch(self.client.fileno(), _interest(up, down))
+        self.proxy.watch(self.upstream.fileno(), _interest(down, up))
 
     def close(self, reset: bool = False) -> None:
         """Close both sockets. With ``reset``, each side gets a RST rather than a FIN, so
@@ -312,45 +354,73 @@ class _Connection:
         self.proxy.connections.discard(self)
 
 
+def _interest(reading: _Flow, writing: _Flow) -> int:
+    """What epoll must report on a socket: EPOLLIN while the flow that reads it waits for
+    bytes, EPOLLOUT while the flow that writes to it waits for room."""
+    return (_IN if reading.state == WAIT_IN else 0) | (_OUT if writing.state == WAIT_OUT else 0)
+
+
 class _TcpForwarder:
     """A published TCP port: accepts clients and connects each one to the container."""
 
     def __init__(self, proxy: Proxy, sock: socket.socket, target: tuple[str, int]) -> None:
         self.proxy, self.sock, self.target = proxy, sock, target
+        self.family = sock.family  # of the clients; proxy.family is the container's
+        self.congestion: bytes | None = LOCAL_CONGESTION
+        # Nagle's algorithm would hold back a small segment while an earlier one is not
+        # acknowledged yet: a relay must not add delays that the two ends did not ask
+        # for. An accepted socket is a clone of the listening one and inherits its
+        # TCP_NODELAY, so one setsockopt(2) here serves every client.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_ready(self, events: int) -> None:
-        """Accept every pending connection (the listening socket is level-triggered)."""
+        """A client is waiting: accept(2) it, and connect to the container for it.
+
+        One accept per event: the listening socket is level-triggered, so while more
+        clients wait, the next epoll_wait(2) reports it again at once. Accepting until
+        EAGAIN would end every wake-up with a failed accept(2) (and a Python exception),
+        which is every connection when clients come one at a time."""
         proxy = self.proxy
-        while True:
+        try:
+            # socket.accept() is this call plus a socket object whose family and type it
+            # converts to enums, every time: a sixth of the proxy's Python work for a
+            # short connection. The object made from the bare fd below skips that.
+            fd, _ = self.sock._accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                _log(f"accept: {e.strerror}; waiting for a connection to close")
+                proxy.pause(self.sock)
+            return  # or ECONNABORTED and the like: that client is gone already
+        client = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        client.setblocking(False)  # accept(2) does not pass O_NONBLOCK on
+        try:
+            upstream = self._upstream_socket()
+        except OSError as e:
+            _log(f"connect to {self.target[0]}:{self.target[1]}: {e.strerror}")
+            client.close()
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                proxy.pause(self.sock)
+            return
+        connection = _Connection(proxy, client, upstream, self.target)
+        proxy.connections.add(connection)
+        connection.start()
+
+    def _upstream_socket(self) -> socket.socket:
+        """A non-blocking TCP socket for a connection to the container, without Nagle's
+        algorithm and with the ``LOCAL_CONGESTION`` control."""
+        upstream = socket.socket(self.proxy.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.congestion:
             try:
-                client, _ = self.sock.accept()
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE):
-                    _log(f"accept: {e.strerror}; waiting for a connection to close")
-                    proxy.pause(self.sock)
-                    return
-                continue  # ECONNABORTED and the like: that client is gone already
-            try:
-                client.setblocking(False)
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                upstream = socket.socket(proxy.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            except OSError as e:
-                _log(f"connect to {self.target[0]}:{self.target[1]}: {e.strerror}")
-                client.close()
-                if e.errno in (errno.EMFILE, errno.ENFILE):
-                    proxy.pause(self.sock)
-                    return
-                continue
-            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with contextlib.suppress(OSError):  # not built, or not allowed to this user
-                upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, LOCAL_CONGESTION)
-            connection = _Connection(proxy, client, upstream, self.target)
-            proxy.connections.add(connection)
-            connection.start()
+                upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, self.congestion)
+            except OSError:  # not built, or not allowed to this user: the default, always
+                self.congestion = None
+        return upstream
 
     def close(self) -> None:
+        """Stop listening."""
         self.sock.close()
 
 
@@ -381,6 +451,7 @@ class _UdpSession:
         forwarder.sessions.move_to_end(self.peer)
 
     def close(self) -> None:
+        """End the session: its socket is closed after this batch of events."""
         self.forwarder.proxy.discard(self.sock)
 
 
@@ -404,6 +475,9 @@ class _UdpForwarder:
         self.sessions: OrderedDict[tuple, _UdpSession] = OrderedDict()
 
     def on_ready(self, events: int) -> None:
+        """Datagrams from clients: send each on through its client's session, opened on
+        the client's first datagram. At most ``UDP_BATCH`` per wake-up, so that a flood
+        on one port cannot starve the others (the socket is level-triggered)."""
         sessions = self.sessions
         now = time.monotonic()
         for _ in range(UDP_BATCH):
@@ -424,6 +498,8 @@ class _UdpForwarder:
                 session.sock.send(data)
 
     def _open(self, peer: tuple) -> _UdpSession | None:
+        """A session for a new client: a UDP socket connect(2)ed to the container, which
+        then receives only the container's datagrams. None if it cannot be made."""
         proxy = self.proxy
         try:
             sock = socket.socket(proxy.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
@@ -455,6 +531,7 @@ class _UdpForwarder:
         return None
 
     def close(self) -> None:
+        """End every session, and stop receiving on the published port."""
         for session in self.sessions.values():
             session.close()
         self.sessions.clear()
@@ -481,6 +558,8 @@ class Proxy:
         self.epoll = select.epoll()
         #: What to call for an event on each registered fd.
         self.handlers: dict[int, Callable[[int], None]] = {}
+        #: The events each connection's socket is registered for (see ``watch``).
+        self.interest: dict[int, int] = {}
         self.graveyard: list[socket.socket] = []
         self.paused: list[socket.socket] = []
         self.connections: set[_Connection] = set()
@@ -526,12 +605,31 @@ class Proxy:
         client accepted while handling one batch could share a number, and the old
         socket's remaining events in the batch would reach the new one's handler.
         """
-        self.handlers.pop(sock.fileno(), None)
+        fd = sock.fileno()
+        self.handlers.pop(fd, None)
+        self.interest.pop(fd, None)
         self.graveyard.append(sock)
         if self.paused:
             for listener in self.paused:
                 self.epoll.modify(listener, select.EPOLLIN)
             self.paused.clear()
+
+    def watch(self, fd: int, events: int) -> None:
+        """Have epoll report ``events`` on a connection's socket, edge-triggered (errors
+        and hang-ups are always reported): epoll_ctl(EPOLL_CTL_ADD) the first time,
+        EPOLL_CTL_MOD when an event is wanted that was not asked for yet. Interest is
+        never taken back: an extra edge-triggered event costs at most a spurious wake-up,
+        an epoll_ctl(2) a syscall every time. Either way the kernel polls the socket then,
+        so readiness that came before the call is reported, not lost."""
+        registered = self.interest.get(fd)
+        if registered is None:
+            self.epoll.register(fd, events | _ET)
+        elif events & ~registered:
+            events |= registered
+            self.epoll.modify(fd, events | _ET)
+        else:
+            return
+        self.interest[fd] = events
 
     def pause(self, listener: socket.socket) -> None:
         """Out of file descriptors: stop accepting until a socket is closed (a readable
@@ -540,6 +638,7 @@ class Proxy:
         self.paused.append(listener)
 
     def _bury(self) -> None:
+        """Close the sockets discarded during the last batch of events."""
         for sock in self.graveyard:
             sock.close()  # close(2) also takes the fd out of the epoll set
         self.graveyard.clear()
@@ -551,6 +650,7 @@ class Proxy:
         return min(due) - now if due else -1.0
 
     def close(self) -> None:
+        """Close every connection, session and published socket, then the epoll set."""
         self.paused.clear()
         for connection in list(self.connections):
             connection.close()
@@ -562,6 +662,7 @@ class Proxy:
 
 
 def _log(message: str) -> None:
+    """One line on stderr, which the engine keeps as the container's proxy.log."""
     print(f"minidock-proxy: {message}", file=sys.stderr, flush=True)
 
 
@@ -584,6 +685,7 @@ def _parse_map(spec: str) -> Mapping:
 
 
 def _target(address: str) -> str:
+    """``--target``: an IPv4 or IPv6 address, not a name (no resolver in the relay)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         socket.inet_pton(family, address)
@@ -593,6 +695,7 @@ def _target(address: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and relay until SIGTERM or SIGINT; exit 0."""
     # A signal must have a Python handler for its number to be written to the wakeup fd:
     # the loop then sees the pipe readable and stops (the handler itself does nothing).
     stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -5,6 +5,7 @@ front of real servers on 127.0.0.1. No root needed; nothing leaves the loopback.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import queue
@@ -22,12 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from minidock.network.proxy import Mapping, Proxy
+from minidock.network.proxy import DONE, Mapping, Proxy, _Flow, _Pipes
 from tests.conftest import REPO, wait_for
 
 LOOPBACK = "127.0.0.1"
 TIMEOUT = 5.0
 MODES = {"splice": [], "copy": ["--copy"]}
+# The kernel's TCP states, as the first byte of struct tcp_info gives them.
+TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8
 
 
 # --- servers the proxy forwards to ------------------------------------------------------
@@ -60,6 +63,26 @@ def tcp_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
 def echo(conn: socket.socket) -> None:
     while data := conn.recv(1 << 20):
         conn.sendall(data)
+
+
+@contextlib.contextmanager
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Both ends of one TCP connection on 127.0.0.1."""
+    with socket.create_server((LOOPBACK, 0)) as listener:
+        one = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        other, _ = listener.accept()
+    with one, other:
+        yield one, other
+
+
+def tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+def segments_received(sock: socket.socket) -> int:
+    """tcpi_segs_in of struct tcp_info (linux/tcp.h): the segments this socket got."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)
+    return struct.unpack_from("I", info, 140)[0]
 
 
 def recv_all(sock: socket.socket) -> bytes:
@@ -296,6 +319,28 @@ def test_a_client_reset_resets_the_server_side(tmp_path: Path) -> None:
         assert outcome.get(timeout=TIMEOUT) == "reset"
 
 
+def test_a_reset_after_a_half_close_resets_the_server_side(tmp_path: Path) -> None:
+    """A client that has sent all it had (and its FIN) and then resets while the server
+    still works on the answer: the server's connection is reset too, not left open."""
+    read_all = threading.Event()
+    outcome: queue.Queue[int] = queue.Queue()
+
+    def answer_slowly(conn: socket.socket) -> None:
+        recv_all(conn)
+        read_all.set()
+        wait_for(lambda: tcp_state(conn) != TCP_CLOSE_WAIT, timeout=TIMEOUT)
+        outcome.put(tcp_state(conn))
+
+    with tcp_server(answer_slowly) as port, shim(tmp_path, ("tcp", port)) as proxy:
+        client = proxy.connect()
+        client.sendall(b"request")
+        client.shutdown(socket.SHUT_WR)
+        assert read_all.wait(TIMEOUT)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        assert outcome.get(timeout=2 * TIMEOUT) == TCP_CLOSE  # a RST came
+
+
 def test_fifty_concurrent_connections_each_get_their_own_bytes(tmp_path: Path) -> None:
     with tcp_server(echo) as port, shim(tmp_path, ("tcp", port)) as proxy:
         clients = [proxy.connect() for _ in range(50)]
@@ -365,6 +410,53 @@ def test_splice_refused_falls_back_to_recv_send(
             os.close(stop_w)
     assert listener.fileno() == -1  # the proxy closed the socket it was given
     assert capsys.readouterr().err.count("relaying with recv/send") == 1
+
+
+def test_accepted_sockets_inherit_the_listeners_tcp_nodelay() -> None:
+    """The shim sets TCP_NODELAY once, on the listening socket: the kernel clones every
+    accepted socket from it, option included."""
+    with socket.create_server((LOOPBACK, 0)) as listener:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with socket.create_connection(listener.getsockname(), timeout=TIMEOUT):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_the_last_bytes_and_the_fin_leave_in_one_segment() -> None:
+    """A flow that knows its source's FIN is in sends the bytes before it and the FIN in
+    one segment: the receiver is woken once, and the hop carries one packet less."""
+    with tcp_pair() as (sender, src), tcp_pair() as (dst, receiver):
+        sender.sendall(b"request")
+        sender.shutdown(socket.SHUT_WR)
+        src.setblocking(False)
+        dst.setblocking(False)
+        flow = _Flow(src, dst, _Pipes(enabled=True))
+        flow.fin = True
+        before = segments_received(receiver)
+        flow.pump()  # loopback: the segments are in the receiver when the calls return
+        assert segments_received(receiver) - before == 1
+        flow.release()
+        assert recv_all(receiver) == b"request"
+
+
+def test_a_flow_reads_ahead_to_the_fin_through_a_full_pipe() -> None:
+    """Once the FIN is known to be in, a flow reads ahead to it before writing; when the
+    pipe fills on the way, it writes the pipe out and reads on: every byte arrives, then
+    the end of the stream."""
+    data = random.Random(5).randbytes(48 * 1024)
+    with tcp_pair() as (sender, src), tcp_pair() as (dst, receiver):
+        sender.sendall(data)
+        sender.shutdown(socket.SHUT_WR)  # loopback: the bytes and the FIN are in src now
+        src.setblocking(False)
+        dst.setblocking(False)
+        flow = _Flow(src, dst, _Pipes(enabled=True))
+        fcntl.fcntl(flow.pipe[1], fcntl.F_SETPIPE_SZ, 4096)  # one page: full at once
+        flow.fin = True
+        flow.pump()
+        assert flow.state == DONE
+        flow.release()
+        assert recv_all(receiver) == data
 
 
 # --- UDP --------------------------------------------------------------------------------

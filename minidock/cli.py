@@ -751,11 +751,14 @@ def update(ctx: click.Context, memory: str | None, memory_swap: str | None, cpus
     engine = _engine(ctx)
     mem = parse.parse_size(memory, "--memory") if memory else None
     for ref in containers:
-        current = mem or engine.inspect(ref)["HostConfig"]["Memory"]
+        swap = None
+        if memory_swap:  # checked against the new memory limit, or else the current one
+            current = mem or engine.inspect(ref)["HostConfig"]["Memory"]
+            swap = parse.parse_memory_swap(memory_swap, current)
         engine.update(
             ref,
             memory=mem,
-            memory_swap=parse.parse_memory_swap(memory_swap, current) if memory_swap else None,
+            memory_swap=swap,
             nano_cpus=parse.parse_cpus(cpus) if cpus else None,
             cpu_shares=parse.parse_cpu_shares(cpu_shares) if cpu_shares else None,
             pids_limit=parse.parse_pids_limit(pids_limit) if pids_limit else None,

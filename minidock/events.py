@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from minidock import store
+from minidock.errors import InvalidArgument
+from minidock.logfile import format_timestamp
 
 MAX_SIZE = 1 << 20  # bytes; then events.log becomes events.log.1
 _POLL_INTERVAL = 0.05  # seconds between looks at the journal while following
@@ -86,8 +88,6 @@ class EventFilter:
 
     @classmethod
     def parse(cls, filters: list[str]) -> EventFilter:
-        from minidock.errors import InvalidArgument
-
         wanted: dict[str, set[str]] = {}
         for item in filters:
             key, sep, value = item.partition("=")
@@ -201,8 +201,6 @@ def _inode(path: str) -> int:
 def format_event(event: dict) -> str:
     """Docker's text form: ``2024-01-02T03:04:05.123456789Z container die ID (exitCode=0,
     image=busybox, name=web)``."""
-    from minidock.logfile import format_timestamp
-
     attributes = ", ".join(f"{k}={v}" for k, v in sorted(event["Actor"]["Attributes"].items()))
     return (f"{format_timestamp(event['timeNano'])} {event['Type']} {event['Action']} "
             f"{event['id']} ({attributes})")  # fmt: skip

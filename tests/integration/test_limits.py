@@ -22,6 +22,15 @@ def _cgroup_file(md: Minidock, name: str, v1: tuple[str, str], v2: str) -> str:
         return f.read().strip()
 
 
+def _assert_half_a_cpu(md: Minidock, name: str) -> None:
+    """``--cpus 0.5`` as the kernel holds it: 50 ms of CPU time per 100 ms period."""
+    if cgroups.backend_name() == "v2":
+        assert _cgroup_file(md, name, ("", ""), "cpu.max") == "50000 100000"
+    else:
+        assert _cgroup_file(md, name, ("cpu", "cpu.cfs_quota_us"), "") == "50000"
+        assert _cgroup_file(md, name, ("cpu", "cpu.cfs_period_us"), "") == "100000"
+
+
 def test_memory_limit_oom_kills_with_137(md: Minidock) -> None:
     proc = md(
         "run",
@@ -67,11 +76,7 @@ def test_limits_are_written_to_the_cgroup(md: Minidock) -> None:
         64 << 20
     )
     assert _cgroup_file(md, "lim", ("pids", "pids.max"), "pids.max") == "64"
-    if cgroups.backend_name() == "v2":
-        assert _cgroup_file(md, "lim", ("", ""), "cpu.max") == "50000 100000"
-    else:
-        assert _cgroup_file(md, "lim", ("cpu", "cpu.cfs_quota_us"), "") == "50000"
-        assert _cgroup_file(md, "lim", ("cpu", "cpu.cfs_period_us"), "") == "100000"
+    _assert_half_a_cpu(md, "lim")
 
 
 def test_cpus_throttle_a_busy_loop(md: Minidock) -> None:
@@ -202,10 +207,7 @@ def test_update_changes_a_running_containers_cgroup(md: Minidock) -> None:
     memory = _cgroup_file(md, "upd", ("memory", "memory.limit_in_bytes"), "memory.max")
     assert memory == str(64 << 20)
     assert _cgroup_file(md, "upd", ("pids", "pids.max"), "pids.max") == "50"
-    if cgroups.backend_name() == "v2":
-        assert _cgroup_file(md, "upd", ("", ""), "cpu.max") == "50000 100000"
-    else:
-        assert _cgroup_file(md, "upd", ("cpu", "cpu.cfs_quota_us"), "") == "50000"
+    _assert_half_a_cpu(md, "upd")
     host = md.inspect("upd")["HostConfig"]
     assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (64 << 20, 500_000_000, 50)
     # A limit below what the container uses is the kernel's to refuse or enforce; a bad
